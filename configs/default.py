@@ -1,0 +1,180 @@
+"""The embedded-market run that `make run` executes: SFT -> reward -> PPO -> recommenders.
+
+Command:
+    girl run --config configs/default.py --workdir workdir/default
+    girl run --config configs/default.py:smoke --workdir /tmp/smoke   # tests: whole pipeline, ~3 min
+
+Expected (2-core CPU, ~20 min): `workdir/default/results.json` and `report.md` with the
+Base / GIRL-SFT / GIRL table (AUC, LogLoss for MLP and Dot predictors), reward-model AUC on held-out
+recruiter labels, and PPO proxy vs true match rate. Variants: `default`, `smoke`.
+"""
+
+import ml_collections
+
+
+def model_config(d_model=128, num_layers=4, num_heads=4, max_len=256, family="gpt2"):
+    return ml_collections.ConfigDict(
+        dict(
+            family=family,
+            vocab_size=0,  # 0: taken from the tokenizer
+            max_len=max_len,
+            d_model=d_model,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=0,  # 0: = num_heads
+            mlp_dim=0,  # 0: family default
+            dtype="float32",
+            remat=False,
+            scan_layers=False,
+            lora_rank=0,
+            lora_alpha=16.0,
+        )
+    )
+
+
+def get_config(arg=None):
+    variant = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.name = f"default:{variant}"
+    c.seed = 0
+
+    c.data = dict(
+        source="market",  # "market" | "files"
+        path="",  # JSONL / CSV / Parquet with cv, jd, label (used when source == "files")
+        num_seekers=3000,
+        num_jobs=500,
+        applications_per_seeker=8,
+        positive_rate=0.25,
+        max_chars=4000,
+    )
+    c.tokenizer = dict(vocab_size=4096, path="")
+
+    c.model = model_config()
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.logical_axis_rules = [
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+    ]
+    c.distributed = dict(
+        coordinator_address="", num_processes=0, process_id=-1, init_timeout_s=120
+    )
+
+    c.sft = dict(
+        init_from="",  # local HF directory (GPT-2 / Llama) or "" for from scratch
+        batch_size=32,
+        grad_accum=1,
+        steps=600,
+        learning_rate=3e-3,
+        warmup_steps=50,
+        weight_decay=0.01,
+        grad_clip=1.0,
+        max_prompt_len=128,
+        max_response_len=112,
+        eval_every=200,
+        eval_batches=4,
+        num_eval_samples=64,
+        checkpoint_every=200,
+        keep=2,
+        log_every=20,
+    )
+    c.reward = dict(
+        objective="pointwise",  # "pointwise" (BCE on labels) | "pairwise" (Bradley-Terry)
+        batch_size=32,
+        steps=500,
+        learning_rate=1e-3,
+        warmup_steps=30,
+        weight_decay=0.01,
+        grad_clip=1.0,
+        margin=0.0,
+        center_coef=0.0,  # penalty on the mean score (reward centring)
+        eval_every=250,
+        checkpoint_every=250,
+        keep=2,
+        log_every=20,
+    )
+    c.ppo = dict(
+        iterations=40,
+        batch_size=64,  # prompts (x group_size samples) per iteration
+        group_size=1,  # k samples per CV (grpo / rloo need k > 1)
+        epochs=2,
+        minibatches=2,
+        learning_rate=2e-4,
+        critic_learning_rate=5e-4,
+        grad_clip=1.0,
+        advantage="gae",  # gae | grpo | rloo | reinforce
+        policy_loss="clipped",  # clipped | dual_clip
+        value_loss="clipped",  # clipped | plain
+        kl_estimator="k1",  # k1 | k2 | k3
+        kl_in_reward=True,  # False: KL as a loss term
+        kl_controller="adaptive",  # fixed | adaptive
+        kl_coef=0.05,
+        target_kl=4.0,
+        kl_horizon=10000,
+        gamma=1.0,
+        lam=0.95,
+        clip_eps=0.2,
+        value_clip_eps=0.2,
+        dual_clip_c=3.0,
+        vf_coef=0.5,
+        ent_coef=0.0,
+        whiten_advantages=True,
+        whiten_scores=False,
+        score_clip=5.0,
+        missing_eos_penalty=-1.0,
+        ratio_threshold=0.0,  # >0: skip a minibatch whose mean ratio leaves [1/thr, thr]
+        critic="separate",  # separate (initialised from the RM) | value_head (on the policy trunk)
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=112,
+        eval_every=10,
+        num_eval_prompts=128,
+        checkpoint_every=10,
+        keep=2,
+        on_nonfinite="stop",  # stop | skip
+    )
+    c.generate = dict(greedy=True, temperature=1.0, top_k=0, top_p=1.0, batch_size=128)
+    c.recommend = dict(
+        encoder=dict(
+            init_from="",  # "" (tiny from scratch) | "minilm" | local BERT directory
+            d_model=64,
+            num_layers=2,
+            num_heads=2,
+            mlp_dim=128,
+            max_len=96,
+            pooling="mean",
+        ),
+        predictors=["mlp", "dot"],
+        feature_sets=["Base", "GIRL-SFT", "GIRL"],
+        batch_size=128,
+        epochs=3,
+        learning_rate=2e-3,
+        weight_decay=0.01,
+        patience=1,
+        mlp_hidden=256,
+        dot_dim=64,
+        seeds=[0],
+        max_train_interactions=0,  # 0: all
+    )
+
+    if variant == "smoke":
+        c.data.num_seekers = 300
+        c.data.num_jobs = 80
+        c.data.applications_per_seeker = 6
+        c.tokenizer.vocab_size = 1024
+        c.model = model_config(d_model=64, num_layers=2, num_heads=2, max_len=256)
+        c.sft.update(steps=40, batch_size=16, eval_every=20, checkpoint_every=20,
+                     num_eval_samples=16, eval_batches=2, log_every=10)
+        c.reward.update(steps=30, batch_size=16, eval_every=15, checkpoint_every=15, log_every=10)
+        c.ppo.update(iterations=4, batch_size=16, epochs=2, minibatches=2, max_new_tokens=48,
+                     eval_every=2, num_eval_prompts=16, checkpoint_every=2)
+        c.generate.batch_size = 64
+        c.recommend.encoder.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=64)
+        c.recommend.update(epochs=1, batch_size=64, mlp_hidden=32, dot_dim=32)
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r}: use default or smoke")
+    return c

@@ -1,0 +1,124 @@
+"""Orbax checkpoints per stage, and the hand-off between stages.
+
+Layout: `WORKDIR/<stage>/checkpoints/<step>/{state,extra}` (Orbax commits a step atomically: a
+step directory without its commit marker is never listed), and `WORKDIR/<stage>/final.json`, the
+marker that says the stage finished and which step the next stage starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from girl_jax.errors import CheckpointError
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON to a temp file in the same directory, then rename: never half-written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def abstract_like(tree):
+    """ShapeDtypeStructs (with the same shardings) for restoring onto a live tree's layout."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree,
+    )
+
+
+class StageCheckpointer:
+    """A CheckpointManager for one stage: periodic saves, keep-last-K, resume, final marker."""
+
+    def __init__(self, stage_dir: str, *, keep: int = 2):
+        self.stage_dir = stage_dir
+        self.directory = os.path.join(os.path.abspath(stage_dir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, extra: dict | None = None) -> None:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})
+        )
+        self.manager.save(step, args=args, force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state):
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as exc:  # shape / structure mismatch, missing files
+            raise CheckpointError(
+                f"cannot restore {self.directory}/{step}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return restored["state"], dict(restored["extra"] or {})
+
+    def close(self) -> None:
+        self.manager.close()
+
+    # ---- the stage's final marker ----
+    @property
+    def final_path(self) -> str:
+        return os.path.join(self.stage_dir, "final.json")
+
+    def mark_final(self, step: int, info: dict | None = None) -> None:
+        if jax.process_index() == 0:
+            write_json_atomic(self.final_path, {"step": int(step), **(info or {})})
+
+
+def read_final(stage_dir: str, stage: str, needed_by: str | None = None) -> dict:
+    """The final marker of a finished stage, or a CheckpointError saying what to run first."""
+    path = os.path.join(stage_dir, "final.json")
+    if not os.path.isfile(path):
+        who = f" (needed by {needed_by})" if needed_by else ""
+        raise CheckpointError(
+            f"stage {stage!r} has not finished: {path} is missing{who}; "
+            f"run `girl {stage} --workdir ...` first (or `girl run`)"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_final(stage_dir: str) -> bool:
+    return os.path.isfile(os.path.join(stage_dir, "final.json"))
+
+
+def restore_final_state(stage_dir: str, stage: str, abstract_state, needed_by: str | None = None):
+    """Restore the final checkpoint of a finished stage (the hand-off to the next stage)."""
+    final = read_final(stage_dir, stage, needed_by)
+    ckpt = StageCheckpointer(stage_dir, keep=10**6)
+    try:
+        state, extra = ckpt.restore(final["step"], abstract_state)
+    finally:
+        ckpt.close()
+    return state, extra, final

@@ -1,0 +1,126 @@
+"""The `girl` command: run the whole pipeline or one stage.
+
+    girl run      --config configs/default.py[:variant] --workdir DIR [--config.key=value ...]
+    girl data     make  --config ... --workdir DIR      write the market / user data + tokenizer
+    girl data     check PATH                            validate a user file, print a summary
+    girl sft | reward | ppo | recommend --config ... --workdir DIR
+    girl generate --workdir DIR --cv FILE|-             JDs for a CV and the closest real jobs
+    girl plan     --config ... --topology v5e:16x16     per-chip memory of the real steps (AOT)
+    girl report   DIR                                   re-render report.md and plots
+
+Errors caused by input (data, config, checkpoints) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from girl_jax.errors import GirlError
+
+STAGES = ("sft", "reward", "ppo", "recommend")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="girl",
+        description="GIRL (generative job recommendation) in JAX: SFT -> reward model -> PPO -> "
+        "enhanced recommender. Config overrides: --config.ppo.kl_coef=0.05",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp, workdir=True):
+        sp.add_argument("--config", required=True, help="configs/NAME.py[:variant]")
+        if workdir:
+            sp.add_argument("--workdir", required=True, help="output directory (resumable)")
+        return sp
+
+    with_config(sub.add_parser("run", help="the whole pipeline, resumable"))
+    for stage in STAGES:
+        with_config(sub.add_parser(stage, help=f"stage {stage} only (needs earlier stages)"))
+    d = sub.add_parser("data", help="make the market data or check a user file")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    with_config(dsub.add_parser("make", help="write WORKDIR/data (Parquet, tokenizer.json)"))
+    chk = dsub.add_parser("check", help="validate a JSONL / CSV / Parquet file")
+    chk.add_argument("path")
+    g = sub.add_parser("generate", help="write JDs for a CV with the trained generator")
+    g.add_argument("--workdir", required=True)
+    g.add_argument("--cv", required=True, help="a text file with the CV, or - for stdin")
+    g.add_argument("--config", default=None, help="defaults to the config saved in the workdir")
+    g.add_argument("--num", type=int, default=3, help="JDs to write")
+    g.add_argument("--jobs", type=int, default=5, help="closest real jobs to list")
+    g.add_argument("--generator", choices=("ppo", "sft"), default="ppo")
+    g.add_argument("--seeker-id", type=int, default=None, help="market seeker id (oracle score)")
+    pl = with_config(sub.add_parser("plan", help="ahead-of-time memory plan"), workdir=False)
+    pl.add_argument("--topology", required=True, help="e.g. v5e:16x16, v5p:4x4x4, cpu:8")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    r = sub.add_parser("report", help="re-render report.md and plots from a workdir")
+    r.add_argument("workdir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    rest = [a for a in argv if not a.startswith("--config.")]
+    args = _parser().parse_args(rest)
+    try:
+        return _dispatch(args, overrides)
+    except GirlError as exc:
+        print(f"girl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("girl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args, overrides):
+    from girl_jax.configuration import load_config
+
+    return load_config(args.config, overrides)
+
+
+def _dispatch(args, overrides) -> int:
+    cmd = args.command
+    if cmd == "data" and args.data_command == "check":
+        from girl_jax.data import io
+
+        ds = io.load_interactions(args.path)
+        print(json.dumps(io.summarize(ds), indent=2))
+        return 0
+    if cmd == "report":
+        from girl_jax import report
+
+        path = report.render(args.workdir)
+        print(f"wrote {path}")
+        return 0
+    if cmd == "generate":
+        from girl_jax import guidance
+
+        guidance.main(args, overrides)
+        return 0
+    config = _load(args, overrides)
+    if cmd == "plan":
+        from girl_jax.parallel import plan
+
+        rows = plan.plan_config(config, args.topology)
+        print(json.dumps(rows, indent=2) if args.json else plan.format_plan_table(rows))
+        return 0
+    from girl_jax import pipeline
+
+    workdir = os.path.abspath(args.workdir)
+    if cmd == "run":
+        pipeline.run(config, workdir)
+    elif cmd == "data":
+        pipeline.run_stage("data", config, workdir)
+    else:
+        pipeline.run_stage(cmd, config, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

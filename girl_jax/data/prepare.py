@@ -1,0 +1,148 @@
+"""The data stage: market or user files -> WORKDIR/data (Parquet, tokenizer.json, final.json).
+
+Every later stage reads its data from here, so a run is reproducible from the workdir alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from girl_jax.errors import DataError
+
+SPLITS = ("train", "validation", "test", "cold_start")
+
+
+@dataclass
+class WorkdirData:
+    """What the stages read: interactions (pandas), the tokenizer and, for the market, the oracle."""
+
+    interactions: "object"  # pandas.DataFrame: seeker_id, job_id, cv, jd, label, split
+    tokenizer: "object"
+    market: "object | None"  # girl_jax.data.market.Market when the data is the embedded market
+    info: dict
+
+    def split(self, name: str):
+        df = self.interactions
+        return df[df["split"] == name].reset_index(drop=True)
+
+    def seekers(self, split: str):
+        """One row per seeker of a split: seeker_id, cv (first occurrence)."""
+        df = self.split(split)
+        return df.drop_duplicates("seeker_id")[["seeker_id", "cv"]].reset_index(drop=True)
+
+
+def _assign_splits(df, seed: int):
+    """User data without a split column: by seeker, 10% cold-start, the rest 80/10/10."""
+    if "seeker_id" not in df.columns:
+        df["seeker_id"] = [zlib.crc32(cv.encode()) for cv in df["cv"]]
+    if "job_id" not in df.columns:
+        df["job_id"] = [zlib.crc32(jd.encode()) for jd in df["jd"]]
+    rng = np.random.default_rng(seed)
+    seekers = np.unique(df["seeker_id"].to_numpy())
+    cold = set(rng.choice(seekers, size=max(1, len(seekers) // 10), replace=False).tolist())
+    u = rng.random(len(df))
+    split = np.where(u < 0.8, "train", np.where(u < 0.9, "validation", "test")).astype(object)
+    split[df["seeker_id"].isin(cold).to_numpy()] = "cold_start"
+    df["split"] = split
+    return df
+
+
+def prepare(config, workdir: str) -> dict:
+    """Write WORKDIR/data once; a rerun with the final marker present does nothing."""
+    from girl_jax.checkpoint import write_json_atomic
+    from girl_jax.data import io
+    from girl_jax.data.tokenizer import Tokenizer
+
+    data_dir = os.path.join(workdir, "data")
+    final = os.path.join(data_dir, "final.json")
+    if os.path.isfile(final):
+        with open(final) as f:
+            return json.load(f)
+    os.makedirs(data_dir, exist_ok=True)
+    info: dict = {"source": config.data.source}
+    if config.data.source == "market":
+        from girl_jax.data import market
+
+        m = market.generate(**_market_kwargs(config))
+        df = m.interactions.to_pandas()
+        info["market"] = m.summary()
+        info["market_config"] = dict(m.config)
+    elif config.data.source == "files":
+        if not config.data.path:
+            raise DataError("config.data.path is empty but config.data.source == 'files'")
+        ds = io.load_interactions(config.data.path, max_chars=config.data.max_chars or None)
+        df = ds.to_pandas()
+        if "split" not in df.columns:
+            df = _assign_splits(df, config.seed)
+        info["market"] = dict(
+            seekers=int(df["seeker_id"].nunique()),
+            jobs=int(df["job_id"].nunique()),
+            interactions=len(df),
+            positive_rate=float(df["label"].mean()),
+        )
+    else:
+        raise DataError(
+            f"config.data.source must be 'market' or 'files', got {config.data.source!r}"
+        )
+    bad = set(df["split"].unique()) - set(SPLITS)
+    if bad:
+        raise DataError(f"{config.data.path}: field 'split' has unknown values {sorted(bad)}")
+    if not (df["split"] == "train").any():
+        raise DataError(f"{config.data.path or 'market'}: no rows in split 'train'")
+    df = df[["seeker_id", "job_id", "cv", "jd", "label", "split"]]
+    io.write_parquet_atomic(df, os.path.join(data_dir, "interactions.parquet"))
+
+    if config.tokenizer.path:
+        tok = Tokenizer.load(config.tokenizer.path)
+    else:
+        train = df[df["split"] == "train"]
+        corpus = list(train["cv"].unique()) + list(train["jd"].unique())
+        tok = Tokenizer.train(corpus, vocab_size=config.tokenizer.vocab_size)
+    tok.save(data_dir)
+    info["vocab_size"] = tok.vocab_size
+    info["splits"] = {s: int((df["split"] == s).sum()) for s in SPLITS}
+    write_json_atomic(final, info)
+    return info
+
+
+def _market_kwargs(config) -> dict:
+    return dict(
+        num_seekers=config.data.num_seekers,
+        num_jobs=config.data.num_jobs,
+        seed=config.seed,
+        positive_rate=config.data.positive_rate,
+        applications_per_seeker=config.data.applications_per_seeker,
+    )
+
+
+_CACHE: dict = {}
+
+
+def load(workdir: str) -> WorkdirData:
+    """Read WORKDIR/data (written by `prepare`); the market is regenerated from its seed."""
+    import pandas as pd
+
+    from girl_jax.checkpoint import read_final
+    from girl_jax.data.tokenizer import Tokenizer
+
+    data_dir = os.path.join(workdir, "data")
+    info = read_final(data_dir, "data")
+    key = (os.path.abspath(data_dir), os.path.getmtime(os.path.join(data_dir, "final.json")))
+    if key in _CACHE:
+        return _CACHE[key]
+    df = pd.read_parquet(os.path.join(data_dir, "interactions.parquet"))
+    tok = Tokenizer.load(data_dir)
+    m = None
+    if info.get("source") == "market":
+        from girl_jax.data import market
+
+        m = market.generate(**info["market_config"])
+    out = WorkdirData(df, tok, m, info)
+    _CACHE.clear()
+    _CACHE[key] = out
+    return out

@@ -1,0 +1,414 @@
+"""Decoder-only language model (GPT-2 and Llama families) with a KV cache.
+
+Call contract::
+
+    logits_BxTxV, aux = model(ids_BxT, attention_mask=None, positions=None, cache=None)
+
+Without a cache, `attention_mask` [B, T] marks valid tokens (left or right padding) and
+positions default to ``clip(cumsum(mask) - 1, 0)``. With a cache (``model.init_cache``),
+`attention_mask` [B, S] marks the valid slots of the whole cache (the T slots written now
+included), `positions` [B, T] is required, the new keys / values go to slots
+``index .. index + T - 1`` and ``aux["cache"]`` is the updated cache. ``aux["hidden"]`` is
+the final-normed hidden state; logits are always float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from girl_jax.errors import ConfigError
+from girl_jax.models.layers import LAYERS_METADATA, Embed, LayerNorm, Linear, RMSNorm
+from girl_jax.models.lora import TARGETS, LoRALinear
+
+FAMILIES = ("gpt2", "llama")
+DTYPES = ("float32", "bfloat16")
+ACTIVATIONS = ("gelu_new", "silu", "gelu", "relu")
+Cache = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder shape and numerics; None fields take the family's default on construction."""
+
+    family: str = "gpt2"
+    vocab_size: int = 256
+    max_len: int = 512
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None: num_heads; fewer: grouped-query attention
+    head_dim: int | None = None  # None: d_model // num_heads
+    mlp_dim: int | None = None  # None: 4·d (gpt2) or ~8/3·d rounded up to 64 (llama)
+    norm_eps: float | None = None  # None: 1e-5 (gpt2), 1e-6 (llama)
+    rope_theta: float = 10000.0
+    tie_embeddings: bool | None = None  # None: True (gpt2), False (llama)
+    attn_bias: bool | None = None  # q/k/v/o biases; None: True (gpt2), False (llama)
+    mlp_bias: bool | None = None  # None: True (gpt2), False (llama)
+    activation: str | None = None  # None: gelu_new (gpt2, tanh approximation), silu (llama)
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: bool = False
+    scan_layers: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = TARGETS
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ConfigError(f"DecoderConfig.family must be one of {FAMILIES}, got {self.family!r}")
+        gpt2 = self.family == "gpt2"
+        defaults = {
+            "num_kv_heads": self.num_heads,
+            "head_dim": self.d_model // max(self.num_heads, 1),
+            "norm_eps": 1e-5 if gpt2 else 1e-6,
+            "tie_embeddings": gpt2,
+            "attn_bias": gpt2,
+            "mlp_bias": gpt2,
+            "activation": "gelu_new" if gpt2 else "silu",
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.mlp_dim is None:
+            mlp = 4 * self.d_model if gpt2 else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            object.__setattr__(self, "mlp_dim", mlp)
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        self._validate()
+
+    def _validate(self):
+        for name in ("vocab_size", "max_len", "d_model", "num_layers", "num_heads"):
+            _positive(self, name)
+        for name in ("num_kv_heads", "head_dim", "mlp_dim"):
+            _positive(self, name)
+        if self.head_dim * self.num_heads != self.d_model and self.family == "gpt2":
+            raise ConfigError(
+                f"DecoderConfig.head_dim: gpt2 needs head_dim·num_heads == d_model "
+                f"({self.head_dim}·{self.num_heads} != {self.d_model})"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"DecoderConfig.num_kv_heads={self.num_kv_heads} must divide "
+                f"num_heads={self.num_heads}"
+            )
+        if self.family == "llama" and self.head_dim % 2:
+            raise ConfigError(f"DecoderConfig.head_dim={self.head_dim} must be even for RoPE")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"DecoderConfig.norm_eps must be > 0, got {self.norm_eps}")
+        if not self.rope_theta > 0:
+            raise ConfigError(f"DecoderConfig.rope_theta must be > 0, got {self.rope_theta}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"DecoderConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+            )
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(
+                    f"DecoderConfig.{name} must be one of {DTYPES}, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ConfigError(f"DecoderConfig.lora_rank must be an int >= 0, got {self.lora_rank}")
+        if self.lora_rank and not self.lora_alpha > 0:
+            raise ConfigError(f"DecoderConfig.lora_alpha must be > 0, got {self.lora_alpha}")
+        unknown = set(self.lora_targets) - set(TARGETS)
+        if unknown:
+            raise ConfigError(
+                f"DecoderConfig.lora_targets: unknown {sorted(unknown)}; choose from {TARGETS}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"DecoderConfig: unknown keys {unknown}")
+        return cls(**d)
+
+
+def _positive(cfg: DecoderConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"DecoderConfig.{name} must be a positive int, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- math
+
+
+def activation_fn(name: str):
+    if name == "gelu_new":
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    return {"silu": jax.nn.silu, "relu": jax.nn.relu}[name]
+
+
+def rope_tables(positions_BxT: jax.Array, head_dim: int, theta: float):
+    """cos, sin [B, T, head_dim] in the HF rotate_half layout (frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs_BxTxF, freqs_BxTxF], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_BxTxHxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
+    half = x_BxTxHxK.shape[-1] // 2
+    x32 = x_BxTxHxK.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos_BxTxK[:, :, None, :] + rotated * sin_BxTxK[:, :, None, :]
+    return out.astype(x_BxTxHxK.dtype)
+
+
+def default_positions(attention_mask_BxT: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """0.. over valid tokens, so a left-padded prompt starts at position 0."""
+    if attention_mask_BxT is None:
+        return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return jnp.maximum(jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def make_proj(cfg: DecoderConfig, name: str, d_in: int, d_out: int, axes, bias: bool, rngs):
+    """A Linear, or a LoRALinear when the config adapts this projection."""
+    kw = dict(axes=axes, use_bias=bias, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    if cfg.lora_rank and name in cfg.lora_targets:
+        return LoRALinear(d_in, d_out, rank=cfg.lora_rank, alpha=cfg.lora_alpha, **kw)
+    return Linear(d_in, d_out, **kw)
+
+
+def make_norm(cfg: DecoderConfig):
+    cls = LayerNorm if cfg.family == "gpt2" else RMSNorm
+    return cls(cfg.d_model, cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class Attention(nnx.Module):
+    """Multi-head / grouped-query self-attention, optionally reading and writing a KV cache."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, h, kv, k = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        b = cfg.attn_bias
+        self.q_proj = make_proj(cfg, "q_proj", d, h * k, ("embed", "heads"), b, rngs)
+        self.k_proj = make_proj(cfg, "k_proj", d, kv * k, ("embed", "kv_heads"), b, rngs)
+        self.v_proj = make_proj(cfg, "v_proj", d, kv * k, ("embed", "kv_heads"), b, rngs)
+        self.o_proj = make_proj(cfg, "o_proj", h * k, d, ("heads", "embed"), b, rngs)
+
+    def __call__(self, x_BxTxD, mask_BxTxS, rope, kv_cache, index):
+        cfg = self.cfg
+        B, T, _ = x_BxTxD.shape
+        H, KV, K = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_BxTxHxK = self.q_proj(x_BxTxD).reshape(B, T, H, K)
+        k_BxTxGxK = self.k_proj(x_BxTxD).reshape(B, T, KV, K)
+        v_BxTxGxK = self.v_proj(x_BxTxD).reshape(B, T, KV, K)
+        if rope is not None:
+            q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
+            k_BxTxGxK = apply_rope(k_BxTxGxK, *rope)
+        if kv_cache is not None:
+            ck, cv = kv_cache
+            start = (0, index, 0, 0)
+            k_BxSxGxK = jax.lax.dynamic_update_slice(ck, k_BxTxGxK.astype(ck.dtype), start)
+            v_BxSxGxK = jax.lax.dynamic_update_slice(cv, v_BxTxGxK.astype(cv.dtype), start)
+            new_cache = (k_BxSxGxK, v_BxSxGxK)
+        else:
+            k_BxSxGxK, v_BxSxGxK, new_cache = k_BxTxGxK, v_BxTxGxK, None
+        dtype = x_BxTxD.dtype
+        q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, KV, H // KV, K)
+        scores = jnp.einsum(
+            "btgrk,bsgk->bgrts",
+            q_BxTxGxRxK.astype(dtype),
+            k_BxSxGxK.astype(dtype),
+            preferred_element_type=jnp.float32,
+        ) / jnp.sqrt(jnp.float32(K))
+        scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out_BxTxGxRxK = jnp.einsum(
+            "bgrts,bsgk->btgrk",
+            probs.astype(dtype),
+            v_BxSxGxK.astype(dtype),
+            preferred_element_type=jnp.float32,
+        ).astype(dtype)
+        return self.o_proj(out_BxTxGxRxK.reshape(B, T, H * K)), new_cache
+
+
+class MLP(nnx.Module):
+    """GPT-2: down(act(up(x))); Llama: down(act(gate(x)) · up(x))."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        d, m, b = cfg.d_model, cfg.mlp_dim, cfg.mlp_bias
+        self.gated = cfg.family == "llama"
+        self.activation = cfg.activation
+        if self.gated:
+            self.gate_proj = make_proj(cfg, "gate_proj", d, m, ("embed", "mlp"), b, rngs)
+        self.up_proj = make_proj(cfg, "up_proj", d, m, ("embed", "mlp"), b, rngs)
+        self.down_proj = make_proj(cfg, "down_proj", m, d, ("mlp", "embed"), b, rngs)
+
+    def __call__(self, x_BxTxD):
+        h = self.up_proj(x_BxTxD)
+        act = activation_fn(self.activation)
+        h = act(self.gate_proj(x_BxTxD)) * h if self.gated else act(h)
+        return self.down_proj(h)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BxTxD, mask_BxTxS, rope, kv_cache, index):
+        h, new_cache = self.attn(self.attn_norm(x_BxTxD), mask_BxTxS, rope, kv_cache, index)
+        x_BxTxD = x_BxTxD + h
+        x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+        return x_BxTxD, new_cache
+
+
+def _block_fn(graphdef, remat: bool):
+    """A pure (block_state, x, mask, rope, kv, index) -> (x, kv) function, rematerialised or not."""
+
+    def fn(state, x, mask, rope, kv, index):
+        return nnx.merge(graphdef, state)(x, mask, rope, kv, index)
+
+    return jax.checkpoint(fn, prevent_cse=False) if remat else fn
+
+
+class Transformer(nnx.Module):
+    """Embeddings, blocks and the final norm: the trunk every decoder role shares."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embed(
+            cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+        )
+        if cfg.family == "gpt2":
+            self.pos_embed = Embed(
+                cfg.max_len,
+                cfg.d_model,
+                axes=("pos", "embed"),
+                rngs=rngs,
+                embedding_init=nnx.initializers.normal(0.01),
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+            )
+        if cfg.scan_layers:
+
+            @nnx.split_rngs(splits=cfg.num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=LAYERS_METADATA)
+            def make_blocks(r):
+                return Block(cfg, rngs=r)
+
+            self.layers = make_blocks(rngs)
+        else:
+            self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = make_norm(cfg)
+
+    def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> Cache:
+        """Zeros: k, v [L, B, S, Hkv, Dh] in the compute dtype (or `dtype`), index 0."""
+        cfg = self.cfg
+        shape = (cfg.num_layers, batch_size, max_len or cfg.max_len, cfg.num_kv_heads, cfg.head_dim)
+        dtype = jnp.dtype(dtype or cfg.dtype)
+        return {
+            "k": jnp.zeros(shape, dtype),
+            "v": jnp.zeros(shape, dtype),
+            "index": jnp.zeros((), jnp.int32),
+        }
+
+    def hidden(self, ids_BxT, attention_mask=None, positions=None, cache: Cache | None = None):
+        """Final-normed hidden states [B, T, D] and the updated cache (None without one)."""
+        cfg = self.cfg
+        B, T = ids_BxT.shape
+        if cache is None:
+            if positions is None:
+                positions = default_positions(attention_mask, B, T)
+            causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+            mask_BxTxS = jnp.broadcast_to(causal_TxT, (B, T, T))
+            if attention_mask is not None:
+                mask_BxTxS = mask_BxTxS & attention_mask.astype(bool)[:, None, :]
+            index = jnp.zeros((), jnp.int32)
+        else:
+            if positions is None:
+                raise ValueError("Decoder: `positions` [B, T] is required with a cache")
+            index = cache["index"]
+            S = cache["k"].shape[2]
+            slot_S = jnp.arange(S)
+            query_T = index + jnp.arange(T)
+            mask_BxTxS = jnp.broadcast_to(slot_S[None, :] <= query_T[:, None], (B, T, S))
+            if attention_mask is not None:
+                mask_BxTxS = mask_BxTxS & attention_mask.astype(bool)[:, None, :]
+        x = self.embed(ids_BxT)
+        if cfg.family == "gpt2":
+            x = x + self.pos_embed(positions)
+            rope = None
+        else:
+            rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        x = x.astype(cfg.dtype)
+        kv = None if cache is None else (cache["k"], cache["v"])
+        if cfg.scan_layers:
+            graphdef, state = nnx.split(self.layers)
+            fn = _block_fn(graphdef, cfg.remat)
+
+            def body(x, xs):
+                layer_state, layer_kv = xs
+                return fn(layer_state, x, mask_BxTxS, rope, layer_kv, index)
+
+            x, new_kv = jax.lax.scan(body, x, (state, kv))
+        else:
+            new_ks, new_vs = [], []
+            for i, block in enumerate(self.layers):
+                graphdef, state = nnx.split(block)
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                x, out_kv = _block_fn(graphdef, cfg.remat)(state, x, mask_BxTxS, rope, layer_kv, index)
+                if out_kv is not None:
+                    new_ks.append(out_kv[0])
+                    new_vs.append(out_kv[1])
+            new_kv = None if kv is None else (jnp.stack(new_ks), jnp.stack(new_vs))
+        h = self.final_norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = {"k": new_kv[0], "v": new_kv[1], "index": index + T}
+        return h, new_cache
+
+
+class Decoder(Transformer):
+    """Causal LM: trunk + LM head (tied to the token embedding or its own `lm_head`)."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = Linear(
+                cfg.d_model,
+                cfg.vocab_size,
+                axes=("embed", "vocab"),
+                use_bias=False,
+                rngs=rngs,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+            )
+
+    def logits(self, h_BxTxD: jax.Array) -> jax.Array:
+        out = self.embed.attend(h_BxTxD) if self.cfg.tie_embeddings else self.lm_head(h_BxTxD)
+        return out.astype(jnp.float32)
+
+    def __call__(self, ids_BxT, attention_mask=None, positions=None, cache: Cache | None = None):
+        h, new_cache = self.hidden(ids_BxT, attention_mask, positions, cache)
+        aux = {"hidden": h}
+        if new_cache is not None:
+            aux["cache"] = new_cache
+        return self.logits(h), aux
+
+
+def apply(graphdef: nnx.GraphDef, params: Any, *args, **kwargs):
+    """Pure call of a split module: ``nnx.merge(graphdef, params)(*args, **kwargs)``."""
+    return nnx.merge(graphdef, params)(*args, **kwargs)

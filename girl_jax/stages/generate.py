@@ -1,0 +1,78 @@
+"""Generated JDs for every seeker, once with the SFT generator and once with the PPO generator.
+
+Writes WORKDIR/generated/generated.parquet (seeker_id, cv, jd_sft, jd_ppo and, for the market,
+their oracle true-match probabilities) plus final.json with the generators' checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+
+from girl_jax.stages import common
+
+
+def all_seekers(data) -> pd.DataFrame:
+    df = data.interactions.drop_duplicates("seeker_id")[["seeker_id", "cv"]]
+    return df.sort_values("seeker_id").reset_index(drop=True)
+
+
+def run(config, workdir: str) -> dict:
+    from girl_jax import checkpoint as ckpt_mod
+    from girl_jax.data import io, prepare
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+    from girl_jax.stages import ppo, sft
+    from girl_jax.stages.generation import Generator
+
+    out_dir = common.stage_dir(workdir, "generated")
+    final_path = os.path.join(out_dir, "final.json")
+    if os.path.isfile(final_path):
+        return json.load(open(final_path))
+    data = prepare.load(workdir)
+    tok = data.tokenizer
+    mesh = mesh_mod.make_mesh(config.mesh)
+    rules = rules_mod.normalize_rules(config.logical_axis_rules)
+    seekers = all_seekers(data)
+    g = config.generate
+    steps = {}
+    out = seekers.copy()
+    generators = {
+        "sft": lambda: sft.load_final_params(workdir, config, tok.vocab_size),
+        "ppo": lambda: ppo.load_final_actor(workdir, config, data, mesh, rules),
+    }
+    for name, load in generators.items():
+        part = os.path.join(out_dir, f"jd_{name}.parquet")
+        steps[name] = ckpt_mod.read_final(os.path.join(workdir, name), name)["step"]
+        if not os.path.isfile(part):  # resume: one generator's output survives a kill
+            graphdef, params = load()
+            gen = Generator(graphdef, params, tok, max_prompt_len=config.sft.max_prompt_len,
+                            max_new_tokens=config.ppo.max_new_tokens, greedy=g.greedy,
+                            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                            batch_size=g.batch_size)
+            texts = gen.generate(list(seekers["cv"]), common.fold_rng(config.seed, f"gen-{name}", 0))
+            io.write_parquet_atomic(pd.DataFrame({"seeker_id": seekers["seeker_id"],
+                                                  f"jd_{name}": texts}), part)
+        out[f"jd_{name}"] = pd.read_parquet(part)[f"jd_{name}"].to_numpy()
+        if data.market is not None:
+            out[f"true_match_{name}"] = data.market.true_match(out["seeker_id"].to_numpy(),
+                                                               list(out[f"jd_{name}"]))
+    io.write_parquet_atomic(out, os.path.join(out_dir, "generated.parquet"))
+    info = {"seekers": len(out), "steps": steps, "greedy": bool(g.greedy)}
+    for name in generators:
+        if f"true_match_{name}" in out:
+            info[f"true_match_{name}"] = float(np.mean(out[f"true_match_{name}"]))
+    if jax.process_index() == 0:
+        ckpt_mod.write_json_atomic(final_path, info)
+    return info
+
+
+def load(workdir: str) -> pd.DataFrame:
+    from girl_jax.checkpoint import read_final
+
+    read_final(os.path.join(workdir, "generated"), "generated")
+    return pd.read_parquet(os.path.join(workdir, "generated", "generated.parquet"))

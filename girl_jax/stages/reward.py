@@ -1,0 +1,306 @@
+"""Stage 2, the reward model: decoder trunk + scalar head scoring (CV, JD) at the last token.
+
+Initialised from the final SFT checkpoint. Objective `pointwise` (BCE on recruiter labels) or
+`pairwise` (Bradley-Terry on an accepted and a rejected JD of the same seeker). Writes
+WORKDIR/reward/{checkpoints, metrics.jsonl, tensorboard, eval.json, final.json}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from girl_jax.errors import ConfigError
+from girl_jax.stages import common
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    objective: str
+    batch_size: int
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    margin: float
+    center_coef: float
+    eval_every: int
+    checkpoint_every: int
+    keep: int
+    log_every: int
+
+    def __post_init__(self):
+        if self.objective not in ("pointwise", "pairwise"):
+            raise ConfigError(
+                f"config.reward.objective must be pointwise or pairwise, got {self.objective!r}"
+            )
+        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "keep", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config.reward.{name} must be positive")
+
+    @classmethod
+    def from_config(cls, c) -> RewardConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(c.keys()) - names
+        if unknown:
+            raise ConfigError(f"unknown config key config.reward.{sorted(unknown)[0]}")
+        return cls(**{k: c[k] for k in names})
+
+
+# ---------------------------------------------------------------- losses
+
+
+def scores(params, graphdef, ids, mask):
+    """Reward score per sequence: the scalar head at the last valid token."""
+    from girl_jax.models.heads import last_token_score
+
+    model = nnx.merge(graphdef, params)
+    values, _ = model(ids, mask)
+    return last_token_score(values, mask)
+
+
+def pointwise_loss(params, graphdef, batch, cfg: RewardConfig):
+    s = scores(params, graphdef, batch["input_ids"], batch["attention_mask"])
+    y = batch["label"].astype(jnp.float32)
+    loss = optax.sigmoid_binary_cross_entropy(s, y).mean() + cfg.center_coef * s.mean() ** 2
+    acc = ((s > 0) == (y > 0.5)).mean()
+    return loss, dict(accuracy=acc, score_mean=s.mean())
+
+
+def pairwise_loss(params, graphdef, batch, cfg: RewardConfig):
+    sc = scores(params, graphdef, batch["chosen_ids"], batch["chosen_mask"])
+    sr = scores(params, graphdef, batch["rejected_ids"], batch["rejected_mask"])
+    loss = -jax.nn.log_sigmoid(sc - sr - cfg.margin).mean()
+    loss = loss + cfg.center_coef * ((sc + sr) / 2).mean() ** 2
+    return loss, dict(accuracy=(sc > sr).mean(), score_mean=(sc + sr).mean() / 2)
+
+
+LOSSES = {"pointwise": pointwise_loss, "pairwise": pairwise_loss}
+
+
+def train_step(state, batch, rng, *, graphdef, tx, cfg: RewardConfig):
+    del rng
+    loss_fn = LOSSES[cfg.objective]
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, graphdef, batch, cfg
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = common.all_finite(loss, grads)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=common.select_tree(finite, params, state.params),
+        opt_state=common.select_tree(finite, opt_state, state.opt_state),
+    )
+    return new_state, dict(loss=loss, **aux, grad_norm=optax.global_norm(grads),
+                           finite=finite.astype(jnp.float32))
+
+
+# ---------------------------------------------------------------- data
+
+
+def pointwise_arrays(tok, df, max_len):
+    from girl_jax.data import batches
+
+    enc = batches.encode_reward(tok, list(df["cv"]), list(df["jd"]), list(df["label"]),
+                                max_len=max_len)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "label": np.asarray(enc["label"], np.float32)}
+
+
+def pairwise_arrays(tok, df, max_len, seed):
+    """Every seeker with an accepted and a rejected JD gives pairs (cycled to the larger side)."""
+    rng = np.random.default_rng(seed)
+    chosen, rejected = [], []
+    for _, g in df.groupby("seeker_id", sort=True):
+        pos, neg = g[g["label"] == 1], g[g["label"] == 0]
+        if len(pos) and len(neg):
+            n = max(len(pos), len(neg))
+            chosen += [pos.iloc[i % len(pos)] for i in range(n)]
+            rejected += [neg.iloc[i % len(neg)] for i in rng.permutation(n)]
+    import pandas as pd
+
+    if not chosen:
+        raise ConfigError("config.reward.objective=pairwise needs seekers with both labels")
+    c = pointwise_arrays(tok, pd.DataFrame(chosen), max_len)
+    r = pointwise_arrays(tok, pd.DataFrame(rejected), max_len)
+    return {"chosen_ids": c["input_ids"], "chosen_mask": c["attention_mask"],
+            "rejected_ids": r["input_ids"], "rejected_mask": r["attention_mask"]}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def build_model_fn(config, vocab_size, seed):
+    from girl_jax.models.heads import ScoreModel
+
+    mcfg = common.decoder_config(config, vocab_size)
+    return mcfg, (lambda rngs: ScoreModel(mcfg, rngs=rngs, zero_init_head=True))
+
+
+def make_tx(cfg: RewardConfig):
+    return common.make_optimizer(cfg.learning_rate, cfg.steps, warmup_steps=cfg.warmup_steps,
+                                 weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+
+
+def score_dataset(score_fn, params, arrays, batch_size):
+    """Scores for every row, in fixed-size batches (the last one padded)."""
+    n = len(arrays["input_ids"])
+    out = []
+    for b in range(0, n, batch_size):
+        ids = arrays["input_ids"][b : b + batch_size]
+        mask = arrays["attention_mask"][b : b + batch_size]
+        pad = batch_size - len(ids)
+        if pad:
+            ids = np.concatenate([ids, np.repeat(ids[-1:], pad, 0)])
+            mask = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)])
+        out.append(np.asarray(jax.device_get(score_fn(params, ids, mask)))[: batch_size - pad])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    from girl_jax import checkpoint as ckpt_mod
+    from girl_jax import metrics as metrics_mod
+    from girl_jax.data import pipeline, prepare
+    from girl_jax.models.heads import transplant_trunk
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+    from girl_jax.parallel import state as state_mod
+    from girl_jax.stages import sft
+
+    cfg = RewardConfig.from_config(config.reward)
+    out_dir = common.stage_dir(workdir, "reward")
+    if ckpt_mod.is_final(out_dir):
+        return json.load(open(os.path.join(out_dir, "eval.json")))
+    data = prepare.load(workdir)
+    tok = data.tokenizer
+    max_len = config.sft.max_prompt_len + config.sft.max_response_len
+    mesh = mesh_mod.make_mesh(config.mesh)
+    rules = rules_mod.normalize_rules(config.logical_axis_rules)
+    mesh_mod.check_batch(cfg.batch_size, mesh, key="reward.batch_size")
+
+    sft_graphdef, sft_params = sft.load_final_params(workdir, config, tok.vocab_size)
+    mcfg, model_fn = build_model_fn(config, tok.vocab_size, config.seed)
+
+    tx = make_tx(cfg)
+    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules,
+                                                              seed=config.seed)
+    ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
+    if not ckpt.latest_step():
+        # Trunk from the final SFT model, fresh (zero-initialised) score head; fresh buffers so
+        # donating the state never deletes the SFT params still used for evaluation.
+        params = transplant_trunk(sft_params, state.params)
+        state = state.replace(params=common.fresh_copy(params, shardings.params))
+    train_df = data.split("train")
+    if cfg.objective == "pointwise":
+        train = pointwise_arrays(tok, train_df, max_len)
+    else:
+        train = pairwise_arrays(tok, train_df, max_len, config.seed)
+    step_fn = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg),
+        in_shardings=(shardings, state_mod.batch_sharding(mesh), None),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
+    score_fn = jax.jit(functools.partial(scores, graphdef=graphdef))
+    it = pipeline.make_iterator(train, batch_size=cfg.batch_size, seed=config.seed + 1)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, extra = ckpt.restore(start, ckpt_mod.abstract_like(state))
+        it.set_state(extra["data_iterator"])
+    writer = metrics_mod.MetricWriter(out_dir, resume_step=start, enabled=jax.process_index() == 0)
+    bar = metrics_mod.Progress(cfg.steps, "reward", start=start)
+
+    val_df = data.split("validation")
+    val = pointwise_arrays(tok, val_df, max_len)
+
+    def evaluate(step):
+        s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, val,
+                          cfg.batch_size)
+        rep = {f"eval_{k}": v for k, v in metrics_mod.binary_report(val["label"], s).items()}
+        writer.write(step, rep)
+        return rep
+
+    last = {}
+    skipped = 0
+    for step in range(start, cfg.steps):
+        batch = state_mod.put_batch(next(it), mesh)
+        state, m = step_fn(state, batch, common.fold_rng(config.seed, "reward", step))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            m = common.host(m)
+            skipped += common.check_finite(m, "reward", done)
+            writer.write(done, {**m, "skipped_updates": skipped})
+            bar.update(done, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last = evaluate(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            ckpt.save(done, state, {"data_iterator": it.get_state()})
+    bar.close()
+    if not last:
+        last = evaluate(cfg.steps)
+    result = {k.removeprefix("eval_"): v for k, v in last.items()}
+    # Held-out seekers never seen in training, and how the RM tracks the oracle on generated JDs.
+    cold = data.split("cold_start")
+    if len(cold) and cold["label"].nunique() == 2:
+        arrs = pointwise_arrays(tok, cold, max_len)
+        s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, arrs,
+                          cfg.batch_size)
+        result["cold_start"] = metrics_mod.binary_report(arrs["label"], s)
+    if data.market is not None:
+        result.update(_oracle_tracking(config, data, sft_graphdef, sft_params, state.params,
+                                       score_fn, tok, max_len, cfg.batch_size))
+    result["step"] = cfg.steps
+    if jax.process_index() == 0:
+        ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
+    ckpt.mark_final(cfg.steps, {"model": dataclasses.asdict(mcfg)})
+    ckpt.close()
+    writer.close()
+    return result
+
+
+def _oracle_tracking(config, data, sft_graphdef, sft_params, rm_params, score_fn, tok, max_len,
+                     batch_size):
+    """Spearman correlation between RM score and oracle true match on sampled SFT JDs."""
+    from scipy.stats import spearmanr
+
+    from girl_jax.stages.generation import Generator
+
+    seekers = data.seekers("validation").iloc[: max(config.sft.num_eval_samples, 32)]
+    gen = Generator(sft_graphdef, sft_params, tok, max_prompt_len=config.sft.max_prompt_len,
+                    max_new_tokens=config.sft.max_response_len, greedy=False, temperature=1.0,
+                    batch_size=min(64, len(seekers)))
+    texts = gen.generate(list(seekers["cv"]), common.fold_rng(config.seed, "reward-oracle", 0))
+    arrs = pointwise_arrays(tok, __import__("pandas").DataFrame(
+        {"cv": seekers["cv"], "jd": texts, "label": 0}), max_len)
+    s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), rm_params, arrs, batch_size)
+    true = data.market.true_match(seekers["seeker_id"].to_numpy(), texts)
+    rho = spearmanr(s, true).statistic if np.std(true) > 0 and np.std(s) > 0 else float("nan")
+    return {"oracle_spearman_generated": float(rho)}
+
+
+def load_final_params(workdir: str, config, vocab_size: int):
+    """(graphdef, params) of the final reward model."""
+    from girl_jax import checkpoint as ckpt_mod
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+    from girl_jax.parallel import state as state_mod
+
+    cfg = RewardConfig.from_config(config.reward)
+    mesh = mesh_mod.make_mesh(config.mesh)
+    rules = rules_mod.normalize_rules(config.logical_axis_rules)
+    _, model_fn = build_model_fn(config, vocab_size, config.seed)
+    graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, make_tx(cfg), mesh,
+                                                               rules)
+    state, _, _ = ckpt_mod.restore_final_state(os.path.join(workdir, "reward"), "reward", abstract,
+                                               needed_by="ppo")
+    return graphdef, state.params

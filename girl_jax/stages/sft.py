@@ -1,0 +1,268 @@
+"""Stage 1, supervised fine-tuning: CV in the prompt template -> JD + EOS, loss on JD tokens only.
+
+Reads WORKDIR/data, writes WORKDIR/sft/{checkpoints, metrics.jsonl, tensorboard, eval.json,
+samples.jsonl, final.json}. Resumes from its latest checkpoint (data-iterator position included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from girl_jax.errors import ConfigError
+from girl_jax.stages import common
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    batch_size: int
+    grad_accum: int
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    max_prompt_len: int
+    max_response_len: int
+    eval_every: int
+    eval_batches: int
+    num_eval_samples: int
+    checkpoint_every: int
+    keep: int
+    log_every: int
+    init_from: str = ""
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "steps", "max_prompt_len", "max_response_len",
+                     "eval_every", "checkpoint_every", "keep", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config.sft.{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, c) -> SFTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(c.keys()) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys config.sft.{sorted(unknown)[0]}")
+        return cls(**{k: c[k] for k in names if k in c})
+
+
+# ---------------------------------------------------------------- loss and step
+
+
+def lm_loss_sums(params, graphdef, batch):
+    """(sum of target-token NLL, number of target tokens); targets are where target_mask == 1."""
+    from girl_jax.models.decoder import apply
+
+    logits, _ = apply(graphdef, params, batch["input_ids"], batch["attention_mask"])
+    logp = common.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
+    mask = batch["target_mask"][:, 1:].astype(jnp.float32)
+    return -(logp * mask).sum(), mask.sum()
+
+
+def train_step(state, batch, rng, *, graphdef, tx, accum: int = 1):
+    """One optimizer update over `batch` rows [accum * B, L]: token-mean NLL over all of them."""
+    del rng  # no dropout: the step is deterministic
+
+    # Rows [accum * B, L] -> [accum, B, L]: gradients summed over micro-batches in a scan.
+    batch = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+    def micro(grads_acc, mb):
+        (_, (nll, n)), g = jax.value_and_grad(lambda p: _with_count(p, graphdef, mb), has_aux=True)(
+            state.params
+        )
+        return jax.tree.map(jnp.add, grads_acc, g), (nll, n)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, (nll, n) = jax.lax.scan(micro, zeros, batch)
+    total = jnp.maximum(n.sum(), 1.0)
+    grads = jax.tree.map(lambda g: g / total, grads)
+    loss = nll.sum() / total
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+
+
+    params = optax.apply_updates(state.params, updates)
+    finite = common.all_finite(loss, grads)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=common.select_tree(finite, params, state.params),
+        opt_state=common.select_tree(finite, opt_state, state.opt_state),
+    )
+    metrics = dict(
+        loss=loss, tokens=total, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32)
+    )
+    return new_state, metrics
+
+
+def _with_count(params, graphdef, batch):
+    nll, n = lm_loss_sums(params, graphdef, batch)
+    return nll, (nll, n)
+
+
+def eval_step(params, batch, *, graphdef):
+    nll, n = lm_loss_sums(params, graphdef, batch)
+    return dict(nll=nll, tokens=n)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _arrays(tok, df, cfg: SFTConfig):
+    from girl_jax.data import batches
+
+    enc = batches.encode_sft(
+        tok, list(df["cv"]), list(df["jd"]),
+        max_prompt_len=cfg.max_prompt_len, max_response_len=cfg.max_response_len,
+    )
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "target_mask")}
+
+
+def _trim(batch, multiple: int = 32):
+    """Bucketing: cut trailing all-pad columns to a multiple of 32 (few distinct shapes)."""
+    L = batch["attention_mask"].shape[-1]
+    used = int(np.max(np.nonzero(batch["attention_mask"].reshape(-1, L).any(0))[0])) + 1
+    keep = min(L, -(-used // multiple) * multiple)
+    return {k: v[..., :keep] for k, v in batch.items()}
+
+
+def build_model_fn(config, vocab_size: int, seed: int):
+    from girl_jax.models.decoder import Decoder
+
+    mcfg = common.decoder_config(config, vocab_size)
+    return mcfg, (lambda rngs: Decoder(mcfg, rngs=rngs))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    from girl_jax import checkpoint as ckpt_mod
+    from girl_jax import metrics as metrics_mod
+    from girl_jax.data import pipeline, prepare
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+    from girl_jax.parallel import state as state_mod
+    from girl_jax.stages.generation import Generator, score_texts
+
+    cfg = SFTConfig.from_config(config.sft)
+    out_dir = common.stage_dir(workdir, "sft")
+    if ckpt_mod.is_final(out_dir):
+        return json.load(open(os.path.join(out_dir, "eval.json")))
+    data = prepare.load(workdir)
+    tok = data.tokenizer
+    mesh = mesh_mod.make_mesh(config.mesh)
+    rules = rules_mod.normalize_rules(config.logical_axis_rules)
+    global_batch = cfg.batch_size
+    mesh_mod.check_batch(global_batch, mesh, key="sft.batch_size")
+
+    train_df = data.split("train")
+    train_df = train_df[train_df["label"] == 1]
+    val_df = data.split("validation")
+    val_df = val_df[val_df["label"] == 1].reset_index(drop=True)
+    train = _arrays(tok, train_df, cfg)
+    val = _arrays(tok, val_df.iloc[: cfg.eval_batches * global_batch], cfg)
+
+    mcfg, model_fn = build_model_fn(config, tok.vocab_size, config.seed)
+    if cfg.init_from:
+        from girl_jax.models import from_pretrained
+
+        model_fn = lambda rngs: from_pretrained(cfg.init_from)  # noqa: E731
+    tx = common.make_optimizer(
+        cfg.learning_rate, cfg.steps, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+    )
+    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules,
+                                                              seed=config.seed)
+    step_fn = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, accum=cfg.grad_accum),
+        in_shardings=(shardings, state_mod.batch_sharding(mesh), None),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
+
+    it = pipeline.make_iterator(train, batch_size=global_batch * cfg.grad_accum, seed=config.seed)
+    ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
+    start = ckpt.latest_step() or 0
+    if start:
+        state, extra = ckpt.restore(start, ckpt_mod.abstract_like(state))
+        it.set_state(extra["data_iterator"])
+    writer = metrics_mod.MetricWriter(out_dir, resume_step=start, enabled=jax.process_index() == 0)
+    bar = metrics_mod.Progress(cfg.steps, "sft", start=start)
+
+    eval_ids = val_df.drop_duplicates("seeker_id").iloc[: cfg.num_eval_samples]
+    gen = Generator(graphdef, None, tok, max_prompt_len=cfg.max_prompt_len,
+                    max_new_tokens=cfg.max_response_len, greedy=True,
+                    batch_size=max(1, min(64, len(eval_ids))))
+
+    def evaluate(step):
+        sums = [jax.device_get(eval_fn(state.params, _trim(_slice(val, i, global_batch))))
+                for i in range(0, len(val["input_ids"]), global_batch)]
+        nll = sum(float(s["nll"]) for s in sums)
+        n = max(sum(float(s["tokens"]) for s in sums), 1.0)
+        out = {"eval_loss": nll / n, "eval_perplexity": float(np.exp(min(nll / n, 50)))}
+        gen.params = state.params
+        texts = gen.generate(list(eval_ids["cv"]), common.fold_rng(config.seed, "sft-eval", 0))
+        out.update(score_texts(data.market, eval_ids["seeker_id"].to_numpy(), texts))
+        writer.write(step, out)
+        if jax.process_index() == 0:
+            with open(os.path.join(out_dir, "samples.jsonl"), "a") as f:
+                for cv, jd in list(zip(eval_ids["cv"], texts))[:4]:
+                    f.write(json.dumps({"step": step, "cv": cv, "generated_jd": jd}) + "\n")
+            writer.text(step, "samples", texts[0] if texts else "")
+        return out
+
+    last = {}
+    skipped = 0
+    for step in range(start, cfg.steps):
+        batch = state_mod.put_batch(_trim(next(it)), mesh)
+        state, m = step_fn(state, batch, common.fold_rng(config.seed, "sft", step))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            m = common.host(m)
+            skipped += common.check_finite(m, "sft", done)
+            writer.write(done, {**m, "skipped_updates": skipped})
+            bar.update(done, f"loss {m['loss']:.3f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last = evaluate(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            ckpt.save(done, state, {"data_iterator": it.get_state()})
+    bar.close()
+    if not last:
+        last = evaluate(cfg.steps)
+    result = {"step": cfg.steps, **last, "model": dataclasses.asdict(mcfg)}
+    if jax.process_index() == 0:
+        ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
+    ckpt.mark_final(cfg.steps, {"model": dataclasses.asdict(mcfg)})
+    ckpt.close()
+    writer.close()
+    return result
+
+
+def _slice(arrays, start, size):
+    return {k: v[start : start + size] for k, v in arrays.items()}
+
+
+def load_final_params(workdir: str, config, vocab_size: int):
+    """(graphdef, params) of the final SFT model, replicated on the current mesh."""
+    from girl_jax import checkpoint as ckpt_mod
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+    from girl_jax.parallel import state as state_mod
+
+    out_dir = os.path.join(workdir, "sft")
+    ckpt_mod.read_final(out_dir, "sft")
+    mesh = mesh_mod.make_mesh(config.mesh)
+    rules = rules_mod.normalize_rules(config.logical_axis_rules)
+    sft_cfg = SFTConfig.from_config(config.sft)
+    _, model_fn = build_model_fn(config, vocab_size, config.seed)
+    tx = common.make_optimizer(sft_cfg.learning_rate, sft_cfg.steps,
+                               warmup_steps=sft_cfg.warmup_steps,
+                               weight_decay=sft_cfg.weight_decay, grad_clip=sft_cfg.grad_clip)
+    graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, tx, mesh, rules)
+    state, _, _ = ckpt_mod.restore_final_state(out_dir, "sft", abstract)
+    return graphdef, state.params

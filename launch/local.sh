@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run `girl` on this machine. Extra arguments go to `girl run`.
+#
+#   CONFIG=configs/default.py:smoke WORKDIR=/tmp/girl launch/local.sh
+#   CPU_DEVICES=8 launch/local.sh --config.mesh.fsdp=-1   # 8 simulated CPU devices
+#
+# Environment (defaults in brackets):
+#   CONFIG       config spec path[:variant]          [configs/default.py]
+#   WORKDIR      output directory                    [workdir/local]
+#   COMMAND      girl sub-command                    [run]
+#   CPU_DEVICES  simulate N CPU devices (0 = off)    [0]
+#   PYTHON       interpreter with girl_jax installed [python3, or .venv/bin/python if present]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CONFIG="${CONFIG:-configs/default.py}"
+WORKDIR="${WORKDIR:-workdir/local}"
+COMMAND="${COMMAND:-run}"
+CPU_DEVICES="${CPU_DEVICES:-0}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "${ROOT}/.venv/bin/python" ]]; then PYTHON="${ROOT}/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+if [[ "${CPU_DEVICES}" != "0" ]]; then
+  export JAX_PLATFORMS=cpu
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${CPU_DEVICES}"
+fi
+
+cd "${ROOT}"
+exec "${PYTHON}" -m girl_jax.cli "${COMMAND}" --config "${CONFIG}" --workdir "${WORKDIR}" "$@"

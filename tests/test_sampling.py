@@ -1,0 +1,344 @@
+"""Sampler tests with toy pure-JAX models (one causal attention layer; a bigram table)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from girl_jax import sampling
+from girl_jax.errors import ConfigError
+
+V, D, MAXLEN = 13, 16, 64
+
+
+# A one-layer causal attention LM with a KV cache that tracks its own write index.
+
+
+def toy_params(seed=0):
+    ks = jax.random.split(jax.random.key(seed), 6)
+    n = lambda k, shape, s: s * jax.random.normal(k, shape)
+    return {
+        "emb": n(ks[0], (V, D), 1.0),
+        "pos": n(ks[1], (MAXLEN, D), 0.5),
+        "wq": n(ks[2], (D, D), D**-0.5),
+        "wk": n(ks[3], (D, D), D**-0.5),
+        "wv": n(ks[4], (D, D), D**-0.5),
+        "wo": n(ks[5], (D, V), 1.0),
+    }
+
+
+def toy_init_cache(batch, max_len):
+    return {
+        "k": jnp.zeros((batch, max_len, D)),
+        "v": jnp.zeros((batch, max_len, D)),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def toy_step(params, ids_BxT, kv_mask_BxS, positions_BxT, cache):
+    x = params["emb"][ids_BxT] + params["pos"][positions_BxT]
+    idx = cache["index"]
+    k = jax.lax.dynamic_update_slice(cache["k"], x @ params["wk"], (0, idx, 0))
+    v = jax.lax.dynamic_update_slice(cache["v"], x @ params["wv"], (0, idx, 0))
+    T, S = ids_BxT.shape[1], k.shape[1]
+    causal_TxS = jnp.arange(S)[None, :] <= idx + jnp.arange(T)[:, None]
+    mask_BxTxS = causal_TxS[None] & kv_mask_BxS.astype(bool)[:, None, :]
+    scores = jnp.einsum("btd,bsd->bts", x @ params["wq"], k) / jnp.sqrt(D)
+    probs = jax.nn.softmax(jnp.where(mask_BxTxS, scores, -1e30), axis=-1)
+    h = x + jnp.einsum("bts,bsd->btd", probs, v)
+    return h @ params["wo"], {"k": k, "v": v, "index": idx + T}
+
+
+def toy_full_forward(params, ids_BxL, mask_BxL):
+    """Logits of the whole sequence in one call, no reuse of any earlier cache."""
+    pos = sampling.prompt_positions(mask_BxL)
+    logits, _ = toy_step(params, ids_BxL, mask_BxL, pos, toy_init_cache(*ids_BxL.shape))
+    return logits
+
+
+def left_padded_prompts(seed, batch=6, width=7, pad_id=0, min_len=1):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, width + 1, size=batch)
+    lengths[0] = width
+    ids = np.full((batch, width), pad_id, np.int32)
+    mask = np.zeros((batch, width), np.int32)
+    for b, n in enumerate(lengths):
+        ids[b, width - n :] = rng.integers(1, V, size=n)
+        mask[b, width - n :] = 1
+    return ids, mask
+
+
+def greedy_rollout(forward, ids, mask, n_new):
+    """Greedy tokens by repeated full forwards of a fixed-length buffer (no cache).
+
+    Unfilled slots are masked and lie after the query, so causality hides them; one shape
+    means one compile.
+    """
+    B, P = ids.shape
+    seq = np.concatenate([ids, np.zeros((B, n_new), np.int32)], 1)
+    seq_mask = np.concatenate([mask, np.zeros((B, n_new), np.int32)], 1)
+    for i in range(n_new):
+        logits = forward(jnp.asarray(seq), jnp.asarray(seq_mask))
+        seq[:, P + i] = np.asarray(jnp.argmax(logits[:, P - 1 + i], -1))
+        seq_mask[:, P + i] = 1
+    return seq[:, P:]
+
+
+def reference_greedy(params, ids, mask, n_new, eos_id, pad_id):
+    """Greedy rollout of the toy model without its cache, then EOS post-processing."""
+    forward = jax.jit(lambda i, m: toy_full_forward(params, i, m))
+    return apply_eos(greedy_rollout(forward, ids, mask, n_new), eos_id, pad_id)
+
+
+def apply_eos(tokens, eos_id, pad_id):
+    tokens, mask = tokens.copy(), np.ones_like(tokens)
+    for b in range(tokens.shape[0]):
+        hits = np.flatnonzero(tokens[b] == eos_id)
+        if len(hits):
+            tokens[b, hits[0] + 1 :] = pad_id
+            mask[b, hits[0] + 1 :] = 0
+    return tokens, mask
+
+
+def common_eos(params, ids, mask, n_new):
+    """A token that some rows emit mid-way, so EOS handling is exercised."""
+    toks, _ = reference_greedy(params, ids, mask, n_new, eos_id=-1, pad_id=0)
+    vals, counts = np.unique(toks[:, 1:-1], return_counts=True)
+    return int(vals[np.argmax(counts)])
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_greedy_equals_full_forward_rollout(early_stop):
+    params = toy_params(0)
+    ids, mask = left_padded_prompts(0)
+    n_new = 8
+    eos = common_eos(params, ids, mask, n_new)
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=n_new, eos_id=eos, pad_id=0, greedy=True, early_stop=early_stop
+    )
+    out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(0))
+    ref_tokens, ref_mask = reference_greedy(params, ids, mask, n_new, eos, 0)
+    np.testing.assert_array_equal(out.tokens, ref_tokens)
+    np.testing.assert_array_equal(out.mask, ref_mask)
+    np.testing.assert_array_equal(out.lengths, ref_mask.sum(1))
+    np.testing.assert_array_equal(out.has_eos, (ref_tokens == eos).any(1))
+    assert 0 < int(np.sum(out.has_eos)) and int(np.min(out.lengths)) < n_new
+
+
+def test_left_padding_invariance():
+    params = toy_params(1)
+    ids, mask = left_padded_prompts(1)
+    cfg = sampling.SamplingConfig(max_new_tokens=6, eos_id=None, pad_id=0, greedy=True)
+    run = sampling.make_sampler(toy_step, toy_init_cache, cfg)
+    out = run(params, ids, mask, jax.random.key(0))
+    more_ids = np.concatenate([np.full((ids.shape[0], 5), 3, np.int32), ids], 1)  # junk pads
+    more_mask = np.concatenate([np.zeros((ids.shape[0], 5), np.int32), mask], 1)
+    out2 = run(params, more_ids, more_mask, jax.random.key(0))
+    np.testing.assert_array_equal(out.tokens, out2.tokens)
+    np.testing.assert_allclose(out.logprobs, out2.logprobs, atol=1e-5)
+
+
+def test_topk1_equals_greedy_and_determinism():
+    params = toy_params(2)
+    ids, mask = left_padded_prompts(2)
+    base = dict(max_new_tokens=6, eos_id=None, pad_id=0)
+    greedy = sampling.make_sampler(
+        toy_step, toy_init_cache, sampling.SamplingConfig(**base, greedy=True)
+    )(params, ids, mask, jax.random.key(0))
+    top1 = sampling.make_sampler(
+        toy_step, toy_init_cache, sampling.SamplingConfig(**base, top_k=1, temperature=0.5)
+    )(params, ids, mask, jax.random.key(7))
+    np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+    run = sampling.make_sampler(toy_step, toy_init_cache, sampling.SamplingConfig(**base))
+    a = run(params, ids, mask, jax.random.key(3))
+    b = run(params, ids, mask, jax.random.key(3))
+    c = run(params, ids, mask, jax.random.key(4))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.8)])
+def test_logprobs_match_full_forward(temperature, top_k, top_p):
+    params = toy_params(3)
+    ids, mask = left_padded_prompts(3)
+    n_new = 7
+    eos = common_eos(params, ids, mask, n_new)
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=n_new,
+        eos_id=eos,
+        pad_id=0,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(5))
+    full_ids = np.concatenate([ids, np.asarray(out.tokens)], 1)
+    full_mask = np.concatenate([mask, np.asarray(out.mask)], 1)
+    logits = toy_full_forward(params, full_ids, full_mask)[:, ids.shape[1] - 1 : -1]
+    logp = jax.nn.log_softmax(logits / temperature, -1)
+    expect = jnp.take_along_axis(logp, jnp.asarray(out.tokens)[..., None], -1)[..., 0]
+    expect = np.where(np.asarray(out.mask) > 0, expect, 0.0)
+    np.testing.assert_allclose(out.logprobs, expect, atol=1e-4, rtol=1e-4)
+    # After EOS: pad tokens, masked, zero log-probs.
+    tok, m = np.asarray(out.tokens), np.asarray(out.mask)
+    assert np.all(tok[m == 0] == 0) and np.all(np.asarray(out.logprobs)[m == 0] == 0)
+    np.testing.assert_array_equal(apply_eos(tok, eos, 0)[1], m)
+
+
+# A bigram model: logits depend only on the last token; the cache is unused.
+
+
+def bigram_step(table, ids_BxT, kv_mask_BxS, positions_BxT, cache):
+    del kv_mask_BxS, positions_BxT
+    return table[ids_BxT], cache
+
+
+def bigram_cache(batch, max_len):
+    return {"unused": jnp.zeros((batch,))}
+
+
+def test_eos_masking_with_designed_chains():
+    table = np.full((8, 8), -30.0, np.float32)
+    for a, b in {1: 2, 2: 3, 3: 5, 4: 5, 5: 1, 6: 7, 7: 6}.items():
+        table[a, b] = 10.0
+    ids = np.array([[0, 1], [0, 4], [3, 3], [6, 6]], np.int32)
+    mask = np.array([[0, 1], [0, 1], [1, 1], [1, 1]], np.int32)
+    cfg = sampling.SamplingConfig(max_new_tokens=5, eos_id=5, pad_id=0)
+    out = sampling.make_sampler(bigram_step, bigram_cache, cfg)(
+        jnp.asarray(table), ids, mask, jax.random.key(0)
+    )
+    np.testing.assert_array_equal(
+        out.tokens, [[2, 3, 5, 0, 0], [5, 0, 0, 0, 0], [5, 0, 0, 0, 0], [7, 6, 7, 6, 7]]
+    )
+    np.testing.assert_array_equal(
+        out.mask, [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    )
+    np.testing.assert_array_equal(out.lengths, [3, 1, 1, 5])
+    np.testing.assert_array_equal(out.has_eos, [True, True, True, False])
+
+
+P_FIXED = np.array([0.5, 0.3, 0.1, 0.06, 0.04])
+
+
+def draw_first_tokens(n, **kw):
+    table = np.zeros((5, 5), np.float32)
+    table[0] = np.log(P_FIXED)
+    cfg = sampling.SamplingConfig(max_new_tokens=1, eos_id=None, pad_id=0, **kw)
+    out = sampling.make_sampler(bigram_step, bigram_cache, cfg)(
+        jnp.asarray(table),
+        np.zeros((n, 1), np.int32),
+        np.ones((n, 1), np.int32),
+        jax.random.key(11),
+    )
+    counts = np.bincount(np.asarray(out.tokens)[:, 0], minlength=5)
+    return counts, np.asarray(out.logprobs)[:, 0], np.asarray(out.tokens)[:, 0]
+
+
+def chi_square(counts, probs):
+    keep = probs > 0
+    assert np.all(counts[~keep] == 0), counts
+    expected = counts.sum() * probs[keep]
+    return float(np.sum((counts[keep] - expected) ** 2 / expected))
+
+
+@pytest.mark.parametrize(
+    "kw,probs",
+    [
+        ({}, P_FIXED),
+        ({"temperature": 2.0}, np.sqrt(P_FIXED) / np.sqrt(P_FIXED).sum()),
+        ({"top_k": 2}, np.array([5, 3, 0, 0, 0]) / 8),
+        ({"top_p": 0.7}, np.array([5, 3, 0, 0, 0]) / 8),
+        ({"top_p": 0.85}, np.array([5, 3, 1, 0, 0]) / 9),
+        ({"top_p": 0.01}, np.array([1.0, 0, 0, 0, 0])),
+    ],
+    ids=["plain", "temp2", "topk2", "topp.7", "topp.85", "topp.01"],
+)
+def test_sampling_frequencies(kw, probs):
+    counts, logprobs, tokens = draw_first_tokens(8000, **kw)
+    # df <= 4; 30 is far beyond the 0.9999 quantile, yet a wrong distribution fails it.
+    assert chi_square(counts, probs) < 30.0, (counts, probs)
+    scaled = np.log(P_FIXED) / kw.get("temperature", 1.0)
+    logp_ref = scaled - np.log(np.exp(scaled).sum())
+    np.testing.assert_allclose(logprobs, logp_ref[tokens], atol=1e-5)
+
+
+def test_filter_logits_keeps_nucleus():
+    logits = jnp.log(jnp.array([[0.05, 0.5, 0.1, 0.3, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]]))
+    kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_p=0.75)))
+    np.testing.assert_array_equal(kept[0], [False, True, False, True, False])
+    assert kept[1].all()  # ties at the cutoff are all kept
+    kept = np.isfinite(np.asarray(sampling.filter_logits(logits, top_k=3)))
+    np.testing.assert_array_equal(kept[0], [False, True, True, True, False])
+
+
+def test_no_recompilation_across_batches():
+    traces = []
+
+    def counted_step(*args):
+        traces.append(1)  # runs at trace time only
+        return toy_step(*args)
+
+    params = toy_params(4)
+    cfg = sampling.SamplingConfig(max_new_tokens=4, eos_id=3, pad_id=0)
+    run = sampling.make_sampler(counted_step, toy_init_cache, cfg)
+    seen = []
+    for i in range(3):
+        ids, mask = left_padded_prompts(10 + i)
+        jax.block_until_ready(run(params, ids, mask, jax.random.key(i)))
+        seen.append(len(traces))
+    assert seen[0] > 0 and seen[0] == seen[1] == seen[2], seen
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        sampling.SamplingConfig(max_new_tokens=0, eos_id=1, pad_id=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        sampling.SamplingConfig(max_new_tokens=3, eos_id=1, pad_id=0, temperature=0.0)
+    with pytest.raises(ConfigError, match="top_p"):
+        sampling.SamplingConfig(max_new_tokens=3, eos_id=1, pad_id=0, top_p=0.0)
+    with pytest.raises(ConfigError, match="top_k"):
+        sampling.SamplingConfig(max_new_tokens=3, eos_id=1, pad_id=0, top_k=-1)
+    with pytest.raises(ConfigError, match="pad_id"):
+        sampling.SamplingConfig(max_new_tokens=3, eos_id=1, pad_id=None)
+
+
+# The real decoder, driven through nnx.split / merge.
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_real_decoder_greedy_equals_full_forward(family):
+    from flax import nnx
+
+    from girl_jax.models.decoder import Decoder, DecoderConfig
+
+    dcfg = DecoderConfig(
+        family=family, vocab_size=V, d_model=32, num_layers=2, num_heads=4, max_len=MAXLEN
+    )
+    model = Decoder(dcfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    ids, mask = left_padded_prompts(5)
+    n_new = 6
+    forward = jax.jit(lambda i, m: nnx.merge(graphdef, state)(i, m)[0])
+    ref_tokens = greedy_rollout(forward, ids, mask, n_new)
+    eos = int(ref_tokens[0, 2])
+    ref_tokens, ref_mask = apply_eos(ref_tokens, eos, 0)
+    step_fn, init_cache_fn = sampling.decoder_fns(graphdef)
+    cfg = sampling.SamplingConfig(max_new_tokens=n_new, eos_id=eos, pad_id=0, greedy=True)
+    out = sampling.make_sampler(step_fn, init_cache_fn, cfg)(state, ids, mask, jax.random.key(0))
+    np.testing.assert_array_equal(out.tokens, ref_tokens)
+    np.testing.assert_array_equal(out.mask, ref_mask)
+    assert bool(out.has_eos[0])
+
+
+def test_real_decoder_too_long_is_config_error():
+    from flax import nnx
+
+    from girl_jax.models.decoder import Decoder, DecoderConfig
+
+    dcfg = DecoderConfig(vocab_size=V, d_model=16, num_layers=1, num_heads=2, max_len=8)
+    graphdef, state = nnx.split(Decoder(dcfg, rngs=nnx.Rngs(0)))
+    cfg = sampling.SamplingConfig(max_new_tokens=6, eos_id=None, pad_id=0)
+    run = sampling.make_sampler(*sampling.decoder_fns(graphdef), cfg)
+    ids, mask = left_padded_prompts(0, batch=2, width=4)
+    with pytest.raises(ConfigError, match="max_len"):
+        run(state, ids, mask, jax.random.key(0))
