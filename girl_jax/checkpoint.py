@@ -63,6 +63,8 @@ class StageCheckpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, extra: dict | None = None) -> None:
+        if step in self.manager.all_steps():  # already saved (e.g. periodic save, then a stop)
+            return
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})
         )

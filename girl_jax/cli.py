@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     pl = with_config(sub.add_parser("plan", help="ahead-of-time memory plan"), workdir=False)
     pl.add_argument("--topology", required=True, help="e.g. v5e:16x16, v5p:4x4x4, cpu:8")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pl.add_argument("--steps", default="sft,reward,ppo", help="comma-separated steps to plan")
     r = sub.add_parser("report", help="re-render report.md and plots from a workdir")
     r.add_argument("workdir")
     return p
@@ -68,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = _parser().parse_args(rest)
+    from girl_jax import preemption
+
+    preemption.install()
     try:
         return _dispatch(args, overrides)
+    except preemption.Preempted as exc:
+        print(f"girl: {exc}", file=sys.stderr)
+        return exc.exit_code
     except GirlError as exc:
         print(f"girl: error: {exc}", file=sys.stderr)
         return 2
@@ -106,9 +113,10 @@ def _dispatch(args, overrides) -> int:
     config = _load(args, overrides)
     if cmd == "plan":
         from girl_jax.parallel import plan
+        from girl_jax.stages import plans
 
-        rows = plan.plan_config(config, args.topology)
-        print(json.dumps(rows, indent=2) if args.json else plan.format_plan_table(rows))
+        rows = plans.plan(config, args.topology, tuple(args.steps.split(",")))
+        print(plan.plan_to_json(rows) if args.json else plan.format_plan_table(rows))
         return 0
     from girl_jax import pipeline
 

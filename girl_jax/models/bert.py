@@ -57,12 +57,18 @@ class BertConfig:
                 f"BertConfig.d_model={self.d_model} is not divisible by "
                 f"BertConfig.num_heads={self.num_heads}"
             )
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+        bad_eps = isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float))
+        if bad_eps or not self.norm_eps > 0:
             raise ConfigError(f"BertConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"BertConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not isinstance(self.normalize, bool):
             raise ConfigError(f"BertConfig.normalize must be a bool, got {self.normalize!r}")
+        if not isinstance(self.dtype, str):  # accept jnp.bfloat16 / np.dtype, store the name
+            try:
+                object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+            except TypeError as exc:
+                raise ConfigError(f"BertConfig.dtype: not a dtype: {self.dtype!r}") from exc
         if self.dtype not in DTYPES:
             raise ConfigError(f"BertConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
 

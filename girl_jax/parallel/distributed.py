@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +46,27 @@ def detected_cluster(environ: Mapping[str, str] | None = None) -> str | None:
                 continue
             return name
     return None
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Polls a TCP connect to `host:port`; DistributedError when it never opens.
+
+    jax 0.10 aborts the whole process (a C++ fatal error, no Python exception) when
+    `initialize` cannot reach the coordinator, so non-coordinator processes check first.
+    """
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise DistributedError(
+                    f"coordinator {address} not reachable within {timeout_s:g}s "
+                    f"(distributed.coordinator_address / init_timeout_s): {exc}"
+                ) from exc
+            time.sleep(0.5)
 
 
 def is_initialized() -> bool:
@@ -90,6 +113,8 @@ def initialize(dist_cfg: Any = None, environ: Mapping[str, str] | None = None) -
         if local_ids is not None:
             kwargs["local_device_ids"] = list(local_ids)
         where = f"coordinator {address}, process {process_id} of {num_processes}"
+        if process_id != 0:
+            wait_for_coordinator(address, init_timeout)
     else:
         cluster = detected_cluster(env)
         if cluster is None:

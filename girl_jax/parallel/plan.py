@@ -404,6 +404,8 @@ def plan_config(
             capacity=capacity,
         )
         state = planned.abstract_args[0]
+        if not hasattr(state, "params") and hasattr(state, "actor"):  # PPO: count the actor
+            state = state.actor
         row = dict(
             step=name,
             topology=topology,

@@ -28,6 +28,7 @@ from girl_jax.rl import advantages as adv_mod
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import losses as loss_mod
 from girl_jax.rl import registry, shaping
+from girl_jax import preemption
 from girl_jax.stages import common
 
 
@@ -441,6 +442,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.update(done, f"proxy {m['proxy_reward']:.3f} kl {m['kl']:.2f}")
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
+        preemption.check("ppo", done, lambda: ckpt.save(done, state, {"data_iterator": it.get_state()}))
     bar.close()
     history = metrics_mod.read_metrics(out_dir)
     rollouts = [h for h in history if "proxy_reward" in h]

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from girl_jax.errors import ConfigError
+from girl_jax import preemption
 from girl_jax.stages import common
 
 FEATURE_SETS = {"Base": (), "GIRL-SFT": ("jd_sft",), "GIRL": ("jd_ppo",)}
@@ -209,6 +210,8 @@ def train_one(config, cfg: RecommendConfig, feature: str, predictor: str, seed: 
             state, m = step(state, tables, batch, common.fold_rng(seed, "recommend", global_step))
             global_step += 1
             losses.append(m["loss"])
+            # A stop mid-model loses only this model's partial epoch: it retrains from its seed.
+            preemption.check("recommend", global_step, lambda: None)
             if global_step % 50 == 0:
                 bar.update(global_step, f"loss {float(m['loss']):.3f}")
         val_logits = scores(state.params, "validation")

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from girl_jax.errors import ConfigError
+from girl_jax import preemption
 from girl_jax.stages import common
 
 
@@ -245,6 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             last = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
+        preemption.check("reward", done, lambda: ckpt.save(done, state, {"data_iterator": it.get_state()}))
     bar.close()
     if not last:
         last = evaluate(cfg.steps)

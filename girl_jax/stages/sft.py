@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from girl_jax.errors import ConfigError
+from girl_jax import preemption
 from girl_jax.stages import common
 
 
@@ -231,6 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             last = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
+        preemption.check("sft", done, lambda: ckpt.save(done, state, {"data_iterator": it.get_state()}))
     bar.close()
     if not last:
         last = evaluate(cfg.steps)

@@ -58,6 +58,9 @@ def test_config_dict_round_trip_and_unknown_key():
     assert BertConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="hidden_size"):
         BertConfig.from_dict({**cfg.to_dict(), "hidden_size": 32})
+    assert tiny_cfg(dtype=jnp.bfloat16).dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="dtype"):
+        tiny_cfg(dtype=jnp.float16)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.d_model = 64
 
@@ -209,3 +212,36 @@ def test_parity_with_transformers_bert_model(tmp_path):
     m = mask[..., None]
     mean = (want * m).sum(1) / m.sum(1)
     np.testing.assert_allclose(aux["pooled"], mean, atol=1e-4)  # no sentence-transformers files
+
+
+def test_logical_axes_shard_cleanly_on_a_mesh():
+    """Params placed by logical names (heads, mlp, vocab on 'tensor') compute the same output."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from girl_jax.models.layers import logical_axes
+
+    devices = np.array(jax.devices()[:4]).reshape(2, 2)
+    mesh = Mesh(devices, ("data", "tensor"))
+    rules = {"heads": "tensor", "mlp": "tensor", "vocab": "tensor"}
+    model = BertEncoder(tiny_cfg(vocab_size=64), rngs=nnx.Rngs(8))  # vocab divisible by 2
+    ids, mask, types = random_batch(seed=8, batch=4)
+    want, _ = model(ids, mask, types)
+    graphdef, state = nnx.split(model)
+    specs = logical_axes(state)
+
+    def place(var, spec):
+        mesh_spec = PartitionSpec(*(rules.get(a) for a in spec.get_value()))
+        return jax.device_put(var.get_value(), NamedSharding(mesh, mesh_spec))
+
+    sharded = jax.tree.map(
+        lambda v, s: v.replace(place(v, s)),
+        state,
+        specs,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    kernel = sharded["layers"][0]["attention"]["query"]["kernel"].get_value()
+    assert kernel.sharding.spec == PartitionSpec(None, "tensor", None)
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    args = [jax.device_put(a, batch_sharding) for a in (ids, mask, types)]
+    got, _ = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(sharded, *args)
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -100,8 +100,8 @@ def test_killed_peer_makes_the_other_exit():
 def test_single_process_initialize_is_a_no_op_and_barrier_returns():
     from girl_jax.parallel import distributed
 
-    assert distributed.initialize(dict(coordinator_address="", num_processes=0), environ={})
-    is False  # fmt: skip
+    joined = distributed.initialize(dict(coordinator_address="", num_processes=0), environ={})
+    assert joined is False
     assert distributed.is_main()
     distributed.barrier("noop", timeout_s=1)
 

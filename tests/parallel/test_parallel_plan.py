@@ -31,6 +31,7 @@ def _has_tpu_compiler() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_plan_step_on_local_devices_does_not_allocate():
     mesh = make_mesh(dict(fsdp=-1))
     before = len(jax.live_arrays())

@@ -1,0 +1,281 @@
+"""One PPO iteration: `girl_jax.stages.ppo.train_step` (one jitted program: sample, score,
+reference / critic forwards, GAE, epochs x minibatches of updates) vs TRL 1.12's PPOTrainer.
+
+Same GPT-2 weights for the policy and the reference on both sides; the reward model and the
+critic are the same trunk with a fresh scalar head. 64 prompts x 64 tokens, 64-token
+responses (no stop token), 4 epochs, 1 minibatch. TRL runs in `.venv-trl` through
+`trl_ppo_worker.py`; ours is timed before and after it (A B A). The FLOPs of one iteration
+are counted analytically and set against the measured numpy float32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import bench_common as bc  # noqa: E402
+
+TRL_PYTHON = os.path.join(REPO, ".venv-trl", "bin", "python")
+
+
+def ppo_iteration_flops(cfg, batch: int, prompt: int, new: int, epochs: int) -> dict[str, float]:
+    """Analytic FLOPs of one iteration (what any implementation must compute)."""
+    seq = prompt + new
+    sample = bc.decode_flops(cfg, batch, prompt, new)
+    lm_fwd = bc.forward_flops(cfg, batch, seq)  # actor / reference: logits at every position
+    trunk_fwd = bc.forward_flops(cfg, batch, seq, lm_head=False)  # reward model, critic
+    rollout = 2 * lm_fwd + 2 * trunk_fwd
+    update = epochs * 3 * (lm_fwd + trunk_fwd)  # forward + backward (2x) for actor and critic
+    return dict(
+        sample=sample, rollout_forwards=rollout, update=update, total=sample + rollout + update
+    )
+
+
+def load_ppo_config(**overrides):
+    spec = importlib.util.spec_from_file_location(
+        "bench_default_cfg", os.path.join(REPO, "configs", "default.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    ppo = dict(c.ppo)
+    ppo.update(overrides)
+    from girl_jax.stages.ppo import PPOConfig
+
+    return PPOConfig(**ppo)
+
+
+def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype: str):
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from girl_jax.models.decoder import Decoder
+    from girl_jax.models.heads import ScoreModel
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import state as state_mod
+    from girl_jax.parallel.rules import replicated
+    from girl_jax.rl import kl as kl_mod
+    from girl_jax.sampling import SamplingConfig
+    from girl_jax.stages import common, ppo
+
+    cfg = load_ppo_config(
+        epochs=epochs, minibatches=1, batch_size=batch, max_new_tokens=new, group_size=1
+    )
+    mcfg = bc.decoder_config(shape, dtype=dtype)
+    mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    updates = cfg.iterations * cfg.epochs * cfg.minibatches
+    actor_tx = common.make_optimizer(
+        cfg.learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    )
+    critic_tx = common.make_optimizer(
+        cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    )
+    actor_graph, actor, _ = state_mod.create_train_state(
+        lambda rngs: Decoder(mcfg, rngs=rngs), actor_tx, mesh, seed=0
+    )
+    critic_graph, critic, _ = state_mod.create_train_state(
+        lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, seed=1
+    )
+    rm_graph, rm_params, _ = state_mod.shard_params(
+        lambda rngs: ScoreModel(mcfg, rngs=rngs, zero_init_head=False), mesh, seed=2
+    )
+    reference = jax.tree.map(jnp.copy, actor.params)
+    controller = kl_mod.make_kl_controller(
+        cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
+    )
+    rep = replicated(mesh)
+    state = ppo.PPOState(
+        actor=actor,
+        critic=critic,
+        kl=jax.device_put(controller.init(), rep),
+        iteration=jax.device_put(jnp.zeros((), jnp.int32), rep),
+    )
+    # The step's output state keeps the input's shardings: one compile, as in the driver.
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    frozen = ppo.Frozen(reference=reference, reward=rm_params)
+    graphs = ppo.Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
+    # No EOS: every response is exactly `new` tokens, as on the TRL side (stop_token=None).
+    scfg = SamplingConfig(
+        max_new_tokens=new,
+        eos_id=None,
+        pad_id=0,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+    )
+    kw = dict(graphs=graphs, cfg=cfg, scfg=scfg)
+    step = jax.jit(
+        functools.partial(
+            ppo.train_step, actor_tx=actor_tx, critic_tx=critic_tx, controller=controller, **kw
+        ),
+        out_shardings=(state_sh, None, None),
+        donate_argnums=(0,),
+    )
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(3, mcfg.vocab_size, (batch, prompt), dtype=np.int32))
+    prompts = {"prompt_ids": ids, "prompt_mask": jnp.ones_like(ids)}
+    # Pieces for the time breakdown (same code, jitted apart).
+    rollout = jax.jit(functools.partial(ppo.rollout, **kw))
+    actor_graph_split = actor_graph
+    return dict(
+        cfg=cfg,
+        mcfg=mcfg,
+        step=step,
+        state=state,
+        frozen=frozen,
+        prompts=prompts,
+        rollout=rollout,
+        actor_graph=actor_graph_split,
+        scfg=scfg,
+    )
+
+
+def run(args) -> dict:
+    import jax
+
+    from girl_jax import sampling
+
+    quick = args.quick
+    shape = "bench-tiny" if quick else "bench-small"
+    batch, prompt, new, epochs = (8, 8, 8, 1) if quick else (64, 64, 64, 4)
+    repeats = args.repeats or (1 if quick else 3)
+    trl_iters = 0 if quick else 2  # 0: the one (warm-up) iteration is the timed one
+    dtype = "bfloat16" if args.device == "gpu" else "float32"
+    peak, peak_name = bc.peak_flops(args.device, quick)
+
+    o = build_ours(shape, batch, prompt, new, epochs, dtype)
+    holder = {"state": o["state"]}
+    keys = iter(range(10_000))
+
+    def ours_iter():
+        key = jax.random.key(next(keys))
+        state, metrics, _ = o["step"](holder["state"], o["frozen"], o["prompts"], key)
+        jax.block_until_ready(metrics)
+        holder["state"] = state
+        return metrics
+
+    t0 = time.perf_counter()
+    ours_iter()  # compile + first run
+    first_s = time.perf_counter() - t0
+    ours_times = [bc.time_call(ours_iter) for _ in range(repeats)]
+
+    trl = run_trl(o["mcfg"], batch, prompt, new, epochs, trl_iters)
+    ours_times += [bc.time_call(ours_iter) for _ in range(repeats)]  # A B A
+
+    breakdown = time_breakdown(o, holder["state"], repeats, sampling) if not quick else {}
+    flops = ppo_iteration_flops(o["mcfg"], batch, prompt, new, epochs)
+    ours_s = bc.median(ours_times)
+    trl_s = bc.median(trl["iteration_s"][1:] or trl["iteration_s"]) if trl.get("ok") else None
+    figures = [
+        bc.figure(
+            f"PPO iteration {shape} ({batch}x{prompt}+{new}, {epochs} epochs)",
+            "samples/s",
+            batch / ours_s,
+            batch / trl_s if trl_s else None,
+            "TRL 1.12 PPOTrainer (torch)",
+            target=3.0,
+            note=f"first call incl. compile {first_s:.1f}s",
+        ),
+        bc.figure(
+            f"PPO iteration {shape} FLOP/s vs peak",
+            "FLOP/s",
+            flops["total"] / ours_s,
+            peak,
+            peak_name,
+            note="fraction of the machine's compute limit",
+        ),
+    ]
+    details = dict(
+        shape=shape,
+        batch=batch,
+        prompt=prompt,
+        new_tokens=new,
+        epochs=epochs,
+        ours_iteration_s=ours_times,
+        ours_first_call_s=first_s,
+        flops=flops,
+        trl_flops_per_s=flops["total"] / trl_s if trl_s else None,
+        trl=trl,
+        ours_breakdown_s=breakdown,
+        tunix="not run: separate venv (its pip install pins older safetensors / transformers "
+        "5.12) and a Qwen2-only model path (no GPT-2 class), so weights cannot be shared; "
+        "STACK.md measured ~63 s/iteration for an 8.4M Qwen2 at the same shapes",
+    )
+    return {"figures": figures, "details": details}
+
+
+def run_trl(mcfg, batch, prompt, new, epochs, iterations) -> dict:
+    if not os.path.exists(TRL_PYTHON):
+        return dict(ok=False, reason=f"{TRL_PYTHON} missing (see benchmarks/README.md)")
+    from flax import nnx
+
+    from girl_jax.models.decoder import Decoder
+
+    path = bc.export_hf(
+        Decoder(mcfg, rngs=nnx.Rngs(0)), os.path.join(tempfile.mkdtemp(prefix="bench-ppo-"), "hf")
+    )
+    cmd = [
+        TRL_PYTHON,
+        os.path.join(HERE, "trl_ppo_worker.py"),
+        "--model-dir",
+        path,
+        "--batch",
+        str(batch),
+        "--prompt",
+        str(prompt),
+        "--response",
+        str(new),
+        "--epochs",
+        str(epochs),
+        "--iterations",
+        str(iterations),
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("TRL_RESULT "):
+            return dict(ok=True, **json.loads(line[len("TRL_RESULT ") :]))
+    return dict(ok=False, reason=f"worker exit {proc.returncode}: {proc.stderr[-2000:]}")
+
+
+def time_breakdown(o, state, repeats: int, sampling) -> dict:
+    """Sampling alone and the whole rollout alone; the update is the rest of the step."""
+    import jax
+
+    step_fn, init_cache_fn = sampling.decoder_fns(o["actor_graph"])
+    sampler = sampling.make_sampler(step_fn, init_cache_fn, o["scfg"])
+    params = o["frozen"].reference  # same shapes as the actor's params
+    ids, mask = o["prompts"]["prompt_ids"], o["prompts"]["prompt_mask"]
+    key = jax.random.key(0)
+
+    def sample():
+        jax.block_until_ready(sampler(params, ids, mask, key).tokens)
+
+    def rollout():
+        jax.block_until_ready(o["rollout"](state, o["frozen"], o["prompts"], key)[0])
+
+    sample()
+    rollout()
+    times = bc.interleaved({"sample": sample, "rollout": rollout}, repeats)
+    return {k: bc.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    args = bc.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    bc.single_device_env(args.device)
+    bc.emit(run(args), args.out)
+
+
+if __name__ == "__main__":
+    main()

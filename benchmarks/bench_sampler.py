@@ -1,0 +1,161 @@
+"""Sampler throughput: `girl_jax.sampling` (jitted prefill + while_loop decode, KV cache) vs
+transformers `generate` (PyTorch, KV cache) on the same GPT-2 weights.
+
+Exactly `new` tokens per row on both sides (no EOS stop), prompt 64, batch 8 and 32,
+multinomial sampling (temperature 1, no top-k / top-p) and greedy. Timings are interleaved
+A B A B after a warm-up; the medians are compared; our compile time is reported apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common as bc  # noqa: E402
+
+
+def run(args) -> dict:
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from girl_jax import sampling
+    from girl_jax.models.decoder import Decoder
+
+    shape = "bench-tiny" if args.quick else "bench-small"
+    batches = (2,) if args.quick else (8, 32)
+    prompt, new = (8, 8) if args.quick else (64, 128)
+    repeats = args.repeats or (1 if args.quick else 5)
+    dtype = "bfloat16" if args.device == "gpu" else "float32"
+
+    cfg = bc.decoder_config(shape, dtype=dtype)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    step_fn, init_cache_fn = sampling.decoder_fns(graphdef)
+
+    torch_side = _torch_generate_factory(model, args.device)
+
+    figures, details = [], {"shape": shape, "prompt": prompt, "new_tokens": new, "runs": {}}
+    for mode in ("greedy",) if args.quick else ("sample", "greedy"):
+        scfg = sampling.SamplingConfig(
+            max_new_tokens=new,
+            eos_id=None,
+            pad_id=0,
+            temperature=1.0,
+            top_k=0,
+            greedy=mode == "greedy",
+            early_stop=False,
+        )
+        sampler = sampling.make_sampler(step_fn, init_cache_fn, scfg)
+        for batch in batches:
+            rng = np.random.default_rng(batch)
+            ids_np = rng.integers(1, cfg.vocab_size, (batch, prompt), dtype=np.int32)
+            ids, mask = jnp.asarray(ids_np), jnp.ones((batch, prompt), jnp.int32)
+            key = jax.random.key(0)
+
+            t0 = time.perf_counter()
+            compiled = sampler.lower(params, ids, mask, key).compile()
+            compile_s = time.perf_counter() - t0
+
+            def ours(compiled=compiled, ids=ids, mask=mask, key=key):
+                out = compiled(params, ids, mask, key)
+                return jax.block_until_ready(out.tokens)
+
+            ours_tokens = np.asarray(ours())  # warm-up
+            fns = {"ours": ours}
+            peer_tokens = None
+            if torch_side is not None:
+                gen = torch_side(ids_np, new, greedy=mode == "greedy")
+                peer_tokens = gen()  # warm-up
+                fns["peer"] = gen
+            times = bc.interleaved(fns, repeats)
+            tok = batch * new
+            ours_tps = tok / bc.median(times["ours"])
+            peer_tps = tok / bc.median(times["peer"]) if "peer" in times else None
+            run_key = f"{mode}_b{batch}"
+            details["runs"][run_key] = dict(
+                times_s=times,
+                compile_s=compile_s,
+                ours_flops_per_s=bc.decode_flops(cfg, batch, prompt, new)
+                / bc.median(times["ours"]),
+            )
+            if mode == "greedy" and peer_tokens is not None:
+                # Same weights: greedy prefixes agree until float rounding flips an argmax.
+                same = ours_tokens == np.asarray(peer_tokens)
+                first_diff = np.where(same.all(0) == 0)[0]
+                details["runs"][run_key]["greedy_identical_prefix"] = int(
+                    first_diff[0] if len(first_diff) else new
+                )
+            target = 5.0 if (batch == 32 and mode == "sample") else None
+            figures.append(
+                bc.figure(
+                    f"sampler {shape} {mode} batch {batch}",
+                    "tokens/s",
+                    ours_tps,
+                    peer_tps,
+                    "transformers generate (torch, KV cache)",
+                    target=target,
+                    note=f"compile {compile_s:.1f}s (excluded)",
+                )
+            )
+    return {"figures": figures, "details": details}
+
+
+def _torch_generate_factory(model, device: str):
+    """`(ids_np, new, greedy) -> callable` running HF generate on the exported weights."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    if device == "gpu" and not torch.cuda.is_available():
+        return None
+    torch.set_num_threads(os.cpu_count())
+    dev = "cuda" if device == "gpu" else "cpu"
+    path = bc.export_hf(model, os.path.join(tempfile.mkdtemp(prefix="bench-sampler-"), "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path).to(dev).eval()
+    if device == "gpu":
+        hf = hf.to(torch.bfloat16)
+
+    def factory(ids_np, new, *, greedy):
+        ids = torch.as_tensor(ids_np, dtype=torch.long, device=dev)
+        mask = torch.ones_like(ids)
+        kwargs = (
+            dict(do_sample=False)
+            if greedy
+            else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+        )
+
+        def gen():
+            with torch.inference_mode():
+                out = hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    min_new_tokens=new,
+                    max_new_tokens=new,
+                    pad_token_id=0,
+                    use_cache=True,
+                    **kwargs,
+                )
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            return out[:, ids.shape[1] :].cpu().numpy()
+
+        return gen
+
+    return factory
+
+
+def main(argv=None):
+    args = bc.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    bc.single_device_env(args.device)
+    bc.emit(run(args), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The real SFT, reward and PPO steps as ahead-of-time plans (`girl plan`).
+
+Each builder returns a `parallel.plan.PlannedStep` over ShapeDtypeStructs only: the stage's own
+pure `train_step`, its state built with `jax.eval_shape`, its batch as abstract arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from girl_jax.parallel import plan as plan_mod
+from girl_jax.parallel.rules import replicated
+from girl_jax.parallel.state import abstract_train_state, batch_sharding
+from girl_jax.stages import common
+
+
+def _vocab(config) -> int:
+    return int(config.model.vocab_size or config.tokenizer.vocab_size)
+
+
+def _key(mesh):
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated(mesh))
+
+
+def _tokens(shape, mesh, dtype=jnp.int32):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+
+
+def _decoder_fn(config):
+    from girl_jax.models.decoder import Decoder
+
+    mcfg = common.decoder_config(config, _vocab(config))
+    return mcfg, (lambda rngs: Decoder(mcfg, rngs=rngs))
+
+
+def _score_fn(config):
+    from girl_jax.models.heads import ScoreModel
+
+    mcfg = common.decoder_config(config, _vocab(config))
+    return lambda rngs: ScoreModel(mcfg, rngs=rngs)
+
+
+def build_sft(config, mesh, rules) -> plan_mod.PlannedStep:
+    from girl_jax.stages import sft
+
+    c = config.sft
+    _, model_fn = _decoder_fn(config)
+    tx = common.make_optimizer(c.learning_rate, c.steps, warmup_steps=c.warmup_steps,
+                               weight_decay=c.weight_decay, grad_clip=c.grad_clip)
+    graphdef, state, sh, _ = abstract_train_state(model_fn, tx, mesh, rules, rng=_key(mesh))
+    B, L = c.batch_size * c.grad_accum, c.max_prompt_len + c.max_response_len
+    batch = {k: _tokens((B, L), mesh) for k in ("input_ids", "attention_mask", "target_mask")}
+    fn = functools.partial(sft.train_step, graphdef=graphdef, tx=tx, accum=c.grad_accum)
+    rep = replicated(mesh)
+    return plan_mod.PlannedStep(
+        fn=fn, abstract_args=(state, batch, _key(mesh)),
+        in_shardings=(sh, batch_sharding(mesh), rep), out_shardings=(sh, rep),
+        note=f"SFT: batch {B} x {L}, accum {c.grad_accum}")
+
+
+def build_reward(config, mesh, rules) -> plan_mod.PlannedStep:
+    from girl_jax.stages import reward
+
+    cfg = reward.RewardConfig.from_config(config.reward)
+    tx = reward.make_tx(cfg)
+    graphdef, state, sh, _ = abstract_train_state(_score_fn(config), tx, mesh, rules,
+                                                  rng=_key(mesh))
+    B, L = cfg.batch_size, config.sft.max_prompt_len + config.sft.max_response_len
+    if cfg.objective == "pointwise":
+        batch = {"input_ids": _tokens((B, L), mesh), "attention_mask": _tokens((B, L), mesh),
+                 "label": _tokens((B,), mesh, jnp.float32)}
+    else:
+        batch = {k: _tokens((B, L), mesh) for k in ("chosen_ids", "chosen_mask",
+                                                     "rejected_ids", "rejected_mask")}
+    fn = functools.partial(reward.train_step, graphdef=graphdef, tx=tx, cfg=cfg)
+    rep = replicated(mesh)
+    return plan_mod.PlannedStep(
+        fn=fn, abstract_args=(state, batch, _key(mesh)),
+        in_shardings=(sh, batch_sharding(mesh), rep), out_shardings=(sh, rep),
+        note=f"reward ({cfg.objective}): batch {B} x {L}")
+
+
+class _PlanTokenizer:
+    eos_id, pad_id = 2, 0
+
+
+def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
+    """A whole PPO iteration: sampling + RM + reference + critic + epochs x minibatches."""
+    from girl_jax.rl import kl as kl_mod
+    from girl_jax.stages import ppo
+
+    cfg = ppo.PPOConfig.from_config(config.ppo)
+    _, actor_fn = _decoder_fn(config)
+    updates = cfg.iterations * cfg.epochs * cfg.minibatches
+    actor_tx = common.make_optimizer(cfg.learning_rate, updates, grad_clip=cfg.grad_clip,
+                                     cosine=False)
+    critic_tx = common.make_optimizer(cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip,
+                                      cosine=False)
+    key = _key(mesh)
+    a_graph, actor, actor_sh, _ = abstract_train_state(actor_fn, actor_tx, mesh, rules, rng=key)
+    c_graph, critic, critic_sh, _ = abstract_train_state(_score_fn(config), critic_tx, mesh,
+                                                         rules, rng=key)
+    controller = kl_mod.make_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl,
+                                           cfg.kl_horizon)
+    rep = replicated(mesh)
+    kl_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                            jax.eval_shape(controller.init))
+    it = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    state = ppo.PPOState(actor=actor, critic=critic, kl=kl_state, iteration=it)
+    state_sh = ppo.PPOState(actor=actor_sh, critic=critic_sh,
+                            kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep)
+    frozen = ppo.Frozen(reference=actor.params, reward=critic.params)
+    frozen_sh = ppo.Frozen(reference=actor_sh.params, reward=critic_sh.params)
+    graphs = ppo.Graphs(actor=a_graph, critic=c_graph, reward=c_graph)
+    P = config.sft.max_prompt_len
+    B = cfg.batch_size
+    batch = {"prompt_ids": _tokens((B, P), mesh), "prompt_mask": _tokens((B, P), mesh)}
+    scfg = ppo.sampling_config(cfg, _PlanTokenizer(), greedy=False)
+    fn = functools.partial(ppo.train_step, graphs=graphs, cfg=cfg, scfg=scfg, actor_tx=actor_tx,
+                           critic_tx=critic_tx, controller=controller)
+    return plan_mod.PlannedStep(
+        fn=fn, abstract_args=(state, frozen, batch, key),
+        in_shardings=(state_sh, frozen_sh, batch_sharding(mesh), rep),
+        out_shardings=(state_sh, rep, rep),
+        note=f"PPO iteration: {B} prompts x {P} + {cfg.max_new_tokens} new tokens, "
+             f"{cfg.epochs} epochs x {cfg.minibatches} minibatches; actor, critic, ref, RM")
+
+
+def stage_steps(names=("sft", "reward", "ppo")) -> dict[str, plan_mod.StepSpec]:
+    builders = {"sft": (build_sft, "sft.batch_size"), "reward": (build_reward, "reward.batch_size"),
+                "ppo": (build_ppo, "ppo.batch_size")}
+    return {n: plan_mod.StepSpec(build=builders[n][0], batch_key=builders[n][1]) for n in names}
+
+
+def plan(config: ml_collections.ConfigDict, topology: str, names=("sft", "reward", "ppo")):
+    return plan_mod.plan_config(config, topology, stage_steps(names))
+
+

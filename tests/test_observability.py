@@ -1,0 +1,324 @@
+"""What a finished run leaves: TensorBoard events, metrics.jsonl, plots, report, results.json.
+
+One tiny end-to-end `girl run` (both predictors, all three feature sets) is shared by every test;
+results.json is checked against the schema the report and the README promise (issue 7).
+"""
+
+import glob
+import json
+import math
+import os
+import shutil
+import struct
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHRINK = {
+    "data.num_seekers": 120,
+    "data.num_jobs": 40,
+    "data.applications_per_seeker": 4,
+    "tokenizer.vocab_size": 512,
+    "sft.steps": 10,
+    "sft.batch_size": 8,
+    "sft.eval_every": 10,
+    "sft.checkpoint_every": 10,
+    "sft.log_every": 5,
+    "sft.num_eval_samples": 8,
+    "sft.eval_batches": 1,
+    "sft.max_response_len": 64,
+    "reward.steps": 6,
+    "reward.batch_size": 8,
+    "reward.eval_every": 6,
+    "reward.checkpoint_every": 6,
+    "reward.log_every": 3,
+    "ppo.iterations": 2,
+    "ppo.batch_size": 8,
+    "ppo.minibatches": 2,
+    "ppo.epochs": 1,
+    "ppo.max_new_tokens": 32,
+    "ppo.eval_every": 1,
+    "ppo.num_eval_prompts": 8,
+    "ppo.checkpoint_every": 2,
+    "recommend.batch_size": 32,
+    "recommend.predictors": ["mlp", "dot"],
+    "recommend.feature_sets": ["Base", "GIRL-SFT", "GIRL"],
+}
+FEATURES = ("Base", "GIRL-SFT", "GIRL")
+PREDICTORS = ("mlp", "dot")
+TRAINING_STAGES = ("sft", "reward", "ppo")
+# Tags each stage must log (besides everything in its metrics.jsonl, checked separately).
+REQUIRED_TAGS = {
+    "sft": {"loss", "grad_norm", "eval_loss", "true_match_rate"},
+    "reward": {"loss", "eval_auc", "eval_logloss"},
+    "ppo": {
+        "proxy_reward",
+        "kl",
+        "kl_coef",
+        "policy_loss",
+        "eval_proxy_reward",
+        "eval_true_match_rate",
+    },
+    "recommend": {"train_loss", "val_auc", "val_logloss"},
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    from girl_jax import cli
+
+    workdir = str(tmp_path_factory.mktemp("observability") / "run")
+    overrides = [
+        f"--config.{k}={v!r}" if isinstance(v, list) else f"--config.{k}={v}"
+        for k, v in SHRINK.items()
+    ]
+    config = os.path.join(ROOT, "configs", "default.py") + ":smoke"
+    rc = cli.main(["run", "--config", config, "--workdir", workdir, *overrides])
+    assert rc == 0, f"girl run failed with exit code {rc}"
+    return workdir
+
+
+def _stage_dirs(workdir):
+    """(kind, directory) for every directory with its own MetricWriter."""
+    out = [(s, os.path.join(workdir, s)) for s in TRAINING_STAGES]
+    for feat in FEATURES:
+        for pred in PREDICTORS:
+            out.append(("recommend", os.path.join(workdir, "recommend", f"{feat}_{pred}_s0")))
+    return out
+
+
+# ---------------------------------------------------------------- TensorBoard
+
+
+def read_tfrecords(path):
+    """Records of a TFRecord file, CRCs checked (TensorBoard itself is not installed)."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    records = []
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        assert header_crc == masked_crc32c(header), f"{path}: bad length CRC at byte {pos}"
+        body = data[pos + 12 : pos + 12 + length]
+        (body_crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+        assert len(body) == length and body_crc == masked_crc32c(body), f"{path}: bad record"
+        records.append(body)
+        pos += 16 + length
+    return records
+
+
+def read_events(tb_dir):
+    """{tag: {step: value}} for scalars and the set of all tags, from every event file."""
+    from tensorboardX.proto import event_pb2
+
+    files = sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*")))
+    scalars, tags = {}, set()
+    for path in files:
+        for raw in read_tfrecords(path):
+            event = event_pb2.Event.FromString(raw)
+            for v in event.summary.value:
+                tags.add(v.tag)
+                if v.HasField("simple_value"):
+                    scalars.setdefault(v.tag, {})[event.step] = v.simple_value
+    return files, scalars, tags
+
+
+def _jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_tensorboard_events_hold_every_logged_scalar(run_dir):
+    for kind, d in _stage_dirs(run_dir):
+        files, scalars, _ = read_events(os.path.join(d, "tensorboard"))
+        assert files, f"no TensorBoard event file in {d}/tensorboard"
+        missing = REQUIRED_TAGS[kind] - set(scalars)
+        assert not missing, f"{d}: TensorBoard lacks scalar tags {sorted(missing)}"
+        for rec in _jsonl(os.path.join(d, "metrics.jsonl")):
+            for key, value in rec.items():
+                if key == "step" or not isinstance(value, float | int) or not math.isfinite(value):
+                    continue
+                logged = scalars.get(key, {}).get(rec["step"])
+                assert logged is not None, f"{d}: {key}@{rec['step']} not in TensorBoard"
+                assert logged == pytest.approx(value, rel=1e-5, abs=1e-6), (d, key, rec["step"])
+
+
+def test_tensorboard_has_generated_samples_as_text(run_dir):
+    for stage in ("sft", "ppo"):
+        _, _, tags = read_events(os.path.join(run_dir, stage, "tensorboard"))
+        assert any(t.startswith("samples") for t in tags), f"{stage}: no text samples, tags {tags}"
+
+
+# ---------------------------------------------------------------- metrics.jsonl
+
+
+def _train_steps(total, every):
+    return {s for s in range(1, total + 1) if s % every == 0 or s == total}
+
+
+def test_metrics_jsonl_is_one_object_per_logged_step(run_dir):
+    for _, d in _stage_dirs(run_dir):
+        path = os.path.join(d, "metrics.jsonl")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        assert lines, f"{path} is empty"
+        for n, line in enumerate(lines, 1):
+            rec = json.loads(line)
+            assert isinstance(rec, dict), f"{path}:{n} is not a JSON object"
+            assert isinstance(rec.get("step"), int) and rec["step"] >= 0, f"{path}:{n}: step"
+    sft = _jsonl(os.path.join(run_dir, "sft", "metrics.jsonl"))
+    assert {r["step"] for r in sft if "loss" in r} == _train_steps(
+        SHRINK["sft.steps"], SHRINK["sft.log_every"]
+    )
+    assert {r["step"] for r in sft if "eval_loss" in r} == _train_steps(
+        SHRINK["sft.steps"], SHRINK["sft.eval_every"]
+    )
+    reward = _jsonl(os.path.join(run_dir, "reward", "metrics.jsonl"))
+    assert {r["step"] for r in reward if "loss" in r} == _train_steps(
+        SHRINK["reward.steps"], SHRINK["reward.log_every"]
+    )
+    ppo = _jsonl(os.path.join(run_dir, "ppo", "metrics.jsonl"))
+    assert [r["step"] for r in ppo if "proxy_reward" in r] == list(
+        range(1, SHRINK["ppo.iterations"] + 1)
+    )
+    assert ppo[0]["step"] == 0 and "eval_true_match_rate" in ppo[0], "PPO start evaluation"
+
+
+# ---------------------------------------------------------------- plots and report
+
+
+def _check_png(path):
+    from PIL import Image
+
+    assert os.path.isfile(path), f"{path} missing"
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC, f"{path} is not a PNG"
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) >= 100, (path, im.size)
+
+
+def test_png_plots_exist_and_are_valid(run_dir):
+    for name in ("training_curves.png", "roc_test.png", os.path.join("ppo", "proxy_vs_true.png")):
+        _check_png(os.path.join(run_dir, name))
+
+
+def test_girl_report_rerenders_report_and_plots(run_dir, tmp_path):
+    from girl_jax import cli
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    gone = (
+        "report.md",
+        "results.json",
+        "training_curves.png",
+        "roc_test.png",
+        os.path.join("ppo", "proxy_vs_true.png"),
+    )
+    for name in gone:
+        os.remove(os.path.join(copy, name))
+    assert cli.main(["report", copy]) == 0
+    for name in gone:
+        assert os.path.isfile(os.path.join(copy, name)), f"girl report did not rewrite {name}"
+    with open(os.path.join(run_dir, "results.json")) as f:
+        original = json.load(f)
+    with open(os.path.join(copy, "results.json")) as f:
+        rerendered = json.load(f)
+    # NaN != NaN: compare the serialised forms.
+    assert json.dumps(rerendered, sort_keys=True) == json.dumps(original, sort_keys=True)
+    with open(os.path.join(copy, "report.md")) as f:
+        report = f.read()
+    with open(os.path.join(run_dir, "report.md")) as f:
+        assert report == f.read().replace(run_dir, copy)
+    assert "## Recommender (test split)" in report
+    for feat in FEATURES:
+        assert f"| {feat} |" in report
+    for png in ("training_curves.png", "roc_test.png", "ppo/proxy_vs_true.png"):
+        assert f"]({png})" in report
+    _check_png(os.path.join(copy, "training_curves.png"))
+
+
+# ---------------------------------------------------------------- results.json (issue 7)
+
+
+def _finite(x, where):
+    assert isinstance(x, float | int) and not isinstance(x, bool), f"{where}: {x!r} not a number"
+    assert math.isfinite(x), f"{where}: {x!r} not finite"
+    return x
+
+
+def _rate(x, where):
+    assert 0.0 <= _finite(x, where) <= 1.0, f"{where}: {x} outside [0, 1]"
+
+
+def _recommender_table(table, where):
+    assert set(table) == set(FEATURES), f"{where}: feature sets {sorted(table)}"
+    for feat, row in table.items():
+        assert set(row) == set(PREDICTORS), f"{where}.{feat}: predictors {sorted(row)}"
+        for pred, cell in row.items():
+            assert {"auc", "logloss"} <= set(cell), f"{where}.{feat}.{pred}: {sorted(cell)}"
+            _rate(cell["auc"], f"{where}.{feat}.{pred}.auc")
+            assert _finite(cell["logloss"], f"{where}.{feat}.{pred}.logloss") > 0
+
+
+def test_results_json_schema(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        res = json.load(f)
+    required = {
+        "market",
+        "sft",
+        "reward",
+        "ppo",
+        "recommender",
+        "recommender_cold_start",
+        "timings_s",
+    }
+    assert required <= set(res), f"results.json lacks {sorted(required - set(res))}"
+
+    m = res["market"]
+    assert {"seekers", "jobs", "interactions", "positive_rate"} <= set(m)
+    assert m["seekers"] == SHRINK["data.num_seekers"] and m["jobs"] == SHRINK["data.num_jobs"]
+    assert isinstance(m["interactions"], int) and m["interactions"] > 0
+    assert 0.0 < _finite(m["positive_rate"], "market.positive_rate") < 1.0
+
+    s = res["sft"]
+    assert {"eval_loss", "true_match_rate", "parse_rate"} <= set(s)
+    assert _finite(s["eval_loss"], "sft.eval_loss") > 0
+    _rate(s["true_match_rate"], "sft.true_match_rate")
+    _rate(s["parse_rate"], "sft.parse_rate")
+
+    r = res["reward"]
+    assert {"auc", "accuracy", "logloss"} <= set(r)
+    _rate(r["auc"], "reward.auc")
+    _rate(r["accuracy"], "reward.accuracy")
+    assert _finite(r["logloss"], "reward.logloss") > 0
+
+    p = res["ppo"]
+    keys = {
+        "proxy_reward_start",
+        "proxy_reward_end",
+        "true_match_rate_start",
+        "true_match_rate_end",
+        "kl_end",
+    }
+    assert keys <= set(p), f"ppo lacks {sorted(keys - set(p))}"
+    for k in ("proxy_reward_start", "proxy_reward_end", "kl_end"):
+        _finite(p[k], f"ppo.{k}")
+    _rate(p["true_match_rate_start"], "ppo.true_match_rate_start")
+    _rate(p["true_match_rate_end"], "ppo.true_match_rate_end")
+
+    _recommender_table(res["recommender"], "recommender")
+    _recommender_table(res["recommender_cold_start"], "recommender_cold_start")
+
+    t = res["timings_s"]
+    assert {"data", "sft", "reward", "ppo", "generated", "recommend"} <= set(t)
+    for k, v in t.items():
+        assert _finite(v, f"timings_s.{k}") >= 0
