@@ -2,7 +2,7 @@
 
 Command:
     girl run --config configs/default.py --workdir workdir/default
-    girl run --config configs/default.py:smoke --workdir /tmp/smoke   # tests: whole pipeline, ~3 min
+    girl run --config configs/default.py:smoke --workdir /tmp/smoke  # whole pipeline, ~3 min
 
 Expected (2-core CPU, ~20 min): `workdir/default/results.json` and `report.md` with the
 Base / GIRL-SFT / GIRL table (AUC, LogLoss for MLP and Dot predictors), reward-model AUC on held-out
@@ -59,9 +59,7 @@ def get_config(arg=None):
         ("mlp", "tensor"),
         ("vocab", "tensor"),
     ]
-    c.distributed = dict(
-        coordinator_address="", num_processes=0, process_id=-1, init_timeout_s=120
-    )
+    c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1, init_timeout_s=120)
 
     c.sft = dict(
         init_from="",  # local HF directory (GPT-2 / Llama) or "" for from scratch
@@ -167,11 +165,26 @@ def get_config(arg=None):
         c.data.applications_per_seeker = 6
         c.tokenizer.vocab_size = 1024
         c.model = model_config(d_model=64, num_layers=2, num_heads=2, max_len=256)
-        c.sft.update(steps=40, batch_size=16, eval_every=20, checkpoint_every=20,
-                     num_eval_samples=16, eval_batches=2, log_every=10)
+        c.sft.update(
+            steps=40,
+            batch_size=16,
+            eval_every=20,
+            checkpoint_every=20,
+            num_eval_samples=16,
+            eval_batches=2,
+            log_every=10,
+        )
         c.reward.update(steps=30, batch_size=16, eval_every=15, checkpoint_every=15, log_every=10)
-        c.ppo.update(iterations=4, batch_size=16, epochs=2, minibatches=2, max_new_tokens=48,
-                     eval_every=2, num_eval_prompts=16, checkpoint_every=2)
+        c.ppo.update(
+            iterations=4,
+            batch_size=16,
+            epochs=2,
+            minibatches=2,
+            max_new_tokens=48,
+            eval_every=2,
+            num_eval_prompts=16,
+            checkpoint_every=2,
+        )
         c.generate.batch_size = 64
         c.recommend.encoder.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=64)
         c.recommend.update(epochs=1, batch_size=64, mlp_hidden=32, dot_dim=32)

@@ -46,8 +46,9 @@ def load_workdir_config(workdir: str, spec: str | None, overrides):
         return load_config(spec, overrides)
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise CheckpointError(f"{workdir} has no config.json: is it a girl workdir? "
-                              "(pass --config too)")
+        raise CheckpointError(
+            f"{workdir} has no config.json: is it a girl workdir? (pass --config too)"
+        )
     return ml_collections.ConfigDict(json.load(open(path)))
 
 
@@ -90,7 +91,8 @@ def main(args, overrides) -> None:
         raise CheckpointError(
             f"{workdir} has no trained {args.generator} generator "
             f"({args.generator}/final.json missing): run `girl run` (or `girl {args.generator}`) "
-            "first, or pass --generator sft")
+            "first, or pass --generator sft"
+        )
     data = prepare.load(workdir)
     tok = data.tokenizer
     if args.generator == "ppo":
@@ -100,13 +102,27 @@ def main(args, overrides) -> None:
     else:
         graphdef, params = sft.load_final_params(workdir, config, tok.vocab_size)
     n = max(1, args.num)
-    gen_greedy = Generator(graphdef, params, tok, max_prompt_len=config.sft.max_prompt_len,
-                           max_new_tokens=config.ppo.max_new_tokens, greedy=True, batch_size=1)
+    gen_greedy = Generator(
+        graphdef,
+        params,
+        tok,
+        max_prompt_len=config.sft.max_prompt_len,
+        max_new_tokens=config.ppo.max_new_tokens,
+        greedy=True,
+        batch_size=1,
+    )
     texts = gen_greedy.generate([cv], jax.random.key(0))
     if n > 1:
-        gen = Generator(graphdef, params, tok, max_prompt_len=config.sft.max_prompt_len,
-                        max_new_tokens=config.ppo.max_new_tokens, greedy=False,
-                        temperature=config.ppo.temperature, batch_size=n - 1)
+        gen = Generator(
+            graphdef,
+            params,
+            tok,
+            max_prompt_len=config.sft.max_prompt_len,
+            max_new_tokens=config.ppo.max_new_tokens,
+            greedy=False,
+            temperature=config.ppo.temperature,
+            batch_size=n - 1,
+        )
         texts += gen.generate([cv] * (n - 1), common.fold_rng(config.seed, "guidance", 0))
     jobs = data.interactions.drop_duplicates("job_id")[["job_id", "jd"]].reset_index(drop=True)
     job_emb = embed_texts(graphdef, params, tok, jobs["jd"])

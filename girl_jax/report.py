@@ -25,9 +25,16 @@ def build_results(workdir: str) -> dict:
         "market": data.get("market", {}),
         "sft": {k: sft.get(k) for k in ("eval_loss", "true_match_rate", "parse_rate")},
         "reward": {k: rm.get(k) for k in ("auc", "accuracy", "logloss")},
-        "ppo": {k: ppo.get(k) for k in ("proxy_reward_start", "proxy_reward_end",
-                                         "true_match_rate_start", "true_match_rate_end",
-                                         "kl_end")},
+        "ppo": {
+            k: ppo.get(k)
+            for k in (
+                "proxy_reward_start",
+                "proxy_reward_end",
+                "true_match_rate_start",
+                "true_match_rate_end",
+                "kl_end",
+            )
+        },
         "recommender": rec.get("test", {}),
         "recommender_cold_start": rec.get("cold_start", {}),
         "timings_s": _load(os.path.join(workdir, "timings.json")),
@@ -58,8 +65,10 @@ def results_table(rec: dict) -> str:
             auc, ll = c.get("auc"), c.get("logloss")
             b = base.get(p, {})
             if feat != "Base" and auc is not None and b.get("auc"):
-                cells += [f"{auc:.4f} ({(auc / b['auc'] - 1) * 100:+.1f}%)",
-                          f"{ll:.4f} ({(ll / b['logloss'] - 1) * 100:+.1f}%)"]
+                cells += [
+                    f"{auc:.4f} ({(auc / b['auc'] - 1) * 100:+.1f}%)",
+                    f"{ll:.4f} ({(ll / b['logloss'] - 1) * 100:+.1f}%)",
+                ]
             else:
                 cells += [_fmt(auc), _fmt(ll)]
         lines.append(f"| {feat} | " + " | ".join(cells) + " |")
@@ -79,19 +88,35 @@ def plot_ppo(ppo_dir: str) -> str | None:
     if not roll:
         return None
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    ax[0].plot([h["step"] for h in roll], [h["proxy_reward"] for h in roll], label="RM score (rollouts)")
+    ax[0].plot(
+        [h["step"] for h in roll], [h["proxy_reward"] for h in roll], label="RM score (rollouts)"
+    )
     if evals:
-        ax[0].plot([h["step"] for h in evals], [h["eval_proxy_reward"] for h in evals], "o-",
-                   label="RM score (eval, greedy)")
+        ax[0].plot(
+            [h["step"] for h in evals],
+            [h["eval_proxy_reward"] for h in evals],
+            "o-",
+            label="RM score (eval, greedy)",
+        )
     ax[0].set_xlabel("PPO iteration")
     ax[0].set_ylabel("proxy reward")
     twin = ax[0].twinx()
     if any("rollout_true_match_rate" in h for h in roll):
-        twin.plot([h["step"] for h in roll], [h.get("rollout_true_match_rate") for h in roll],
-                  color="tab:green", alpha=0.5, label="true match (rollouts)")
+        twin.plot(
+            [h["step"] for h in roll],
+            [h.get("rollout_true_match_rate") for h in roll],
+            color="tab:green",
+            alpha=0.5,
+            label="true match (rollouts)",
+        )
     if evals:
-        twin.plot([h["step"] for h in evals], [h["eval_true_match_rate"] for h in evals], "s-",
-                  color="tab:red", label="true match (eval, greedy)")
+        twin.plot(
+            [h["step"] for h in evals],
+            [h["eval_true_match_rate"] for h in evals],
+            "s-",
+            color="tab:red",
+            label="true match (eval, greedy)",
+        )
     twin.set_ylabel("true match rate (oracle)")
     ax[0].legend(loc="upper left", fontsize=8)
     twin.legend(loc="lower right", fontsize=8)
@@ -115,8 +140,9 @@ def plot_training(workdir: str) -> str | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (stage, key, evkey) in enumerate((("sft", "loss", "eval_loss"),
-                                             ("reward", "loss", "eval_auc"))):
+    for i, (stage, key, evkey) in enumerate(
+        (("sft", "loss", "eval_loss"), ("reward", "loss", "eval_auc"))
+    ):
         hist = read_metrics(os.path.join(workdir, stage))
         tr = [h for h in hist if key in h]
         ev = [h for h in hist if evkey in h]
@@ -148,8 +174,11 @@ def plot_roc(workdir: str) -> str | None:
         return None
     df = pd.read_parquet(inter)
     labels = df[df["split"] == "test"]["label"].to_numpy()
-    runs = sorted(d for d in os.listdir(rec_dir) if os.path.isfile(
-        os.path.join(rec_dir, d, "test_logits.npy")))
+    runs = sorted(
+        d
+        for d in os.listdir(rec_dir)
+        if os.path.isfile(os.path.join(rec_dir, d, "test_logits.npy"))
+    )
     if not runs:
         return None
     preds = sorted({r.split("_")[1] for r in runs})
@@ -191,27 +220,39 @@ def render(workdir: str) -> str:
     if cfg:
         out += [f"Config: `{cfg.get('name', '?')}`, workdir `{workdir}`.", ""]
     if m:
-        out += [f"Market: {m.get('seekers')} seekers, {m.get('jobs')} jobs, "
-                f"{m.get('interactions')} interactions, positive rate "
-                f"{_fmt(m.get('positive_rate'), 3)}.", ""]
+        out += [
+            f"Market: {m.get('seekers')} seekers, {m.get('jobs')} jobs, "
+            f"{m.get('interactions')} interactions, positive rate "
+            f"{_fmt(m.get('positive_rate'), 3)}.",
+            "",
+        ]
     if res["recommender"]:
         out += ["## Recommender (test split)", "", results_table(res["recommender"]), ""]
     if res["recommender_cold_start"]:
-        out += ["## Recommender (cold-start seekers)", "",
-                results_table(res["recommender_cold_start"]), ""]
-    out += ["## Generator and reward model", "",
-            "| | value |", "|---|---|",
-            f"| SFT eval loss | {_fmt(s.get('eval_loss'))} |",
-            f"| SFT true match rate (greedy, validation CVs) | {_fmt(s.get('true_match_rate'))} |",
-            f"| SFT parse rate | {_fmt(s.get('parse_rate'))} |",
-            f"| RM AUC / accuracy / LogLoss (validation) | {_fmt(r.get('auc'))} / "
-            f"{_fmt(r.get('accuracy'))} / {_fmt(r.get('logloss'))} |",
-            f"| RM vs oracle Spearman on generated JDs | {_fmt(r.get('oracle_spearman_generated'))} |",
-            f"| PPO proxy reward start -> end | {_fmt(p.get('proxy_reward_start'))} -> "
-            f"{_fmt(p.get('proxy_reward_end'))} |",
-            f"| PPO true match rate start -> end | {_fmt(p.get('true_match_rate_start'))} -> "
-            f"{_fmt(p.get('true_match_rate_end'))} |",
-            f"| PPO final KL | {_fmt(p.get('kl_end'))} |", ""]
+        out += [
+            "## Recommender (cold-start seekers)",
+            "",
+            results_table(res["recommender_cold_start"]),
+            "",
+        ]
+    out += [
+        "## Generator and reward model",
+        "",
+        "| | value |",
+        "|---|---|",
+        f"| SFT eval loss | {_fmt(s.get('eval_loss'))} |",
+        f"| SFT true match rate (greedy, validation CVs) | {_fmt(s.get('true_match_rate'))} |",
+        f"| SFT parse rate | {_fmt(s.get('parse_rate'))} |",
+        f"| RM AUC / accuracy / LogLoss (validation) | {_fmt(r.get('auc'))} / "
+        f"{_fmt(r.get('accuracy'))} / {_fmt(r.get('logloss'))} |",
+        f"| RM vs oracle Spearman on generated JDs | {_fmt(r.get('oracle_spearman_generated'))} |",
+        f"| PPO proxy reward start -> end | {_fmt(p.get('proxy_reward_start'))} -> "
+        f"{_fmt(p.get('proxy_reward_end'))} |",
+        f"| PPO true match rate start -> end | {_fmt(p.get('true_match_rate_start'))} -> "
+        f"{_fmt(p.get('true_match_rate_end'))} |",
+        f"| PPO final KL | {_fmt(p.get('kl_end'))} |",
+        "",
+    ]
     gen_path = os.path.join(workdir, "generated", "generated.parquet")
     if os.path.isfile(gen_path):
         import pandas as pd
@@ -219,11 +260,20 @@ def render(workdir: str) -> str:
         g = pd.read_parquet(gen_path).head(3)
         out += ["## Generated JDs", ""]
         for _, row in g.iterrows():
-            out += [f"**CV** (seeker {row['seeker_id']}): {row['cv']}", "",
-                    f"- SFT: {row.get('jd_sft', '')}", f"- GIRL (PPO): {row.get('jd_ppo', '')}", ""]
+            out += [
+                f"**CV** (seeker {row['seeker_id']}): {row['cv']}",
+                "",
+                f"- SFT: {row.get('jd_sft', '')}",
+                f"- GIRL (PPO): {row.get('jd_ppo', '')}",
+                "",
+            ]
     if res["timings_s"]:
-        out += ["## Timings (s)", "", " | ".join(f"{k} {v:.0f}" for k, v in
-                                               res["timings_s"].items()), ""]
+        out += [
+            "## Timings (s)",
+            "",
+            " | ".join(f"{k} {v:.0f}" for k, v in res["timings_s"].items()),
+            "",
+        ]
     for png in pngs:
         if png:
             out += [f"![{os.path.basename(png)}]({os.path.relpath(png, workdir)})", ""]

@@ -1,4 +1,5 @@
 """Test setup: 8 simulated CPU devices, set before JAX initialises."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

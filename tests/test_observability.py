@@ -10,10 +10,15 @@ import math
 import os
 import shutil
 import struct
+import sys
+import types
 
+import ml_collections
 import pytest
 
-pytestmark = pytest.mark.slow
+from girl_jax.errors import ConfigError
+
+slow = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHRINK = {
@@ -135,6 +140,7 @@ def _jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@slow
 def test_tensorboard_events_hold_every_logged_scalar(run_dir):
     for kind, d in _stage_dirs(run_dir):
         files, scalars, _ = read_events(os.path.join(d, "tensorboard"))
@@ -150,6 +156,7 @@ def test_tensorboard_events_hold_every_logged_scalar(run_dir):
                 assert logged == pytest.approx(value, rel=1e-5, abs=1e-6), (d, key, rec["step"])
 
 
+@slow
 def test_tensorboard_has_generated_samples_as_text(run_dir):
     for stage in ("sft", "ppo"):
         _, _, tags = read_events(os.path.join(run_dir, stage, "tensorboard"))
@@ -163,6 +170,7 @@ def _train_steps(total, every):
     return {s for s in range(1, total + 1) if s % every == 0 or s == total}
 
 
+@slow
 def test_metrics_jsonl_is_one_object_per_logged_step(run_dir):
     for _, d in _stage_dirs(run_dir):
         path = os.path.join(d, "metrics.jsonl")
@@ -206,11 +214,13 @@ def _check_png(path):
         assert im.format == "PNG" and min(im.size) >= 100, (path, im.size)
 
 
+@slow
 def test_png_plots_exist_and_are_valid(run_dir):
     for name in ("training_curves.png", "roc_test.png", os.path.join("ppo", "proxy_vs_true.png")):
         _check_png(os.path.join(run_dir, name))
 
 
+@slow
 def test_girl_report_rerenders_report_and_plots(run_dir, tmp_path):
     from girl_jax import cli
 
@@ -269,6 +279,7 @@ def _recommender_table(table, where):
             assert _finite(cell["logloss"], f"{where}.{feat}.{pred}.logloss") > 0
 
 
+@slow
 def test_results_json_schema(run_dir):
     with open(os.path.join(run_dir, "results.json")) as f:
         res = json.load(f)
@@ -322,3 +333,73 @@ def test_results_json_schema(run_dir):
     assert {"data", "sft", "reward", "ppo", "generated", "recommend"} <= set(t)
     for k, v in t.items():
         assert _finite(v, f"timings_s.{k}") >= 0
+
+
+# ---------------------------------------------------------------- optional W&B mirror
+
+
+class _FakeRun:
+    def __init__(self, **kwargs):
+        self.kwargs, self.logged, self.finished = kwargs, [], False
+
+    def log(self, data, step=None):
+        self.logged.append((step, data))
+
+    def finish(self):
+        self.finished = True
+
+
+def _fake_wandb():
+    mod = types.ModuleType("wandb")
+    mod.runs = []
+
+    def init(**kwargs):
+        mod.runs.append(_FakeRun(**kwargs))
+        return mod.runs[-1]
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    mod.init, mod.Table = init, Table
+    return mod
+
+
+def _config(**wandb):
+    c = ml_collections.ConfigDict({"seed": 0})
+    if wandb:
+        c.wandb = wandb
+    return c
+
+
+def test_wandb_writer_is_off_unless_enabled(monkeypatch, tmp_path):
+    from girl_jax import wandb_writer
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # any import attempt would raise
+    assert wandb_writer.from_config(_config(), "sft", str(tmp_path)) is None
+    assert wandb_writer.from_config(_config(enabled=False), "sft", str(tmp_path)) is None
+    with pytest.raises(ConfigError, match="config.wandb.enabled"):
+        wandb_writer.from_config(_config(enabled=True), "sft", str(tmp_path))
+
+
+def test_wandb_writer_mirrors_metric_writer_calls(monkeypatch, tmp_path):
+    from girl_jax import wandb_writer
+
+    fake = _fake_wandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    workdir = tmp_path / "myrun"
+    w = wandb_writer.from_config(
+        _config(enabled=True, project="p", mode="offline"), "ppo", str(workdir)
+    )
+    w.write(3, {"kl": 0.25, "loss": float("nan"), "name": "text", "n": 2})
+    w.write(4, {"skipped": None})  # nothing loggable: no call
+    w.text(4, "samples", "a generated JD")
+    w.close()
+    (run,) = fake.runs
+    assert run.kwargs["project"] == "p" and run.kwargs["mode"] == "offline"
+    assert run.kwargs["name"] == "ppo" and run.kwargs["group"] == "myrun"
+    assert run.kwargs["dir"] == str(workdir / "ppo") and run.kwargs["config"]["seed"] == 0
+    assert run.logged[0] == (3, {"ppo/kl": 0.25, "ppo/n": 2.0})
+    step, data = run.logged[1]
+    assert step == 4 and data["ppo/samples"].data == [[4, "a generated JD"]]
+    assert len(run.logged) == 2 and run.finished

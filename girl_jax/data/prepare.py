@@ -19,11 +19,11 @@ SPLITS = ("train", "validation", "test", "cold_start")
 
 @dataclass
 class WorkdirData:
-    """What the stages read: interactions (pandas), the tokenizer and, for the market, the oracle."""
+    """What stages read: interactions (pandas), the tokenizer and, for the market, the oracle."""
 
-    interactions: "object"  # pandas.DataFrame: seeker_id, job_id, cv, jd, label, split
-    tokenizer: "object"
-    market: "object | None"  # girl_jax.data.market.Market when the data is the embedded market
+    interactions: object  # pandas.DataFrame: seeker_id, job_id, cv, jd, label, split
+    tokenizer: object
+    market: object | None  # girl_jax.data.market.Market when the data is the embedded market
     info: dict
 
     def split(self, name: str):

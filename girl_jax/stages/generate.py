@@ -50,17 +50,29 @@ def run(config, workdir: str) -> dict:
         steps[name] = ckpt_mod.read_final(os.path.join(workdir, name), name)["step"]
         if not os.path.isfile(part):  # resume: one generator's output survives a kill
             graphdef, params = load()
-            gen = Generator(graphdef, params, tok, max_prompt_len=config.sft.max_prompt_len,
-                            max_new_tokens=config.ppo.max_new_tokens, greedy=g.greedy,
-                            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                            batch_size=g.batch_size)
-            texts = gen.generate(list(seekers["cv"]), common.fold_rng(config.seed, f"gen-{name}", 0))
-            io.write_parquet_atomic(pd.DataFrame({"seeker_id": seekers["seeker_id"],
-                                                  f"jd_{name}": texts}), part)
+            gen = Generator(
+                graphdef,
+                params,
+                tok,
+                max_prompt_len=config.sft.max_prompt_len,
+                max_new_tokens=config.ppo.max_new_tokens,
+                greedy=g.greedy,
+                temperature=g.temperature,
+                top_k=g.top_k,
+                top_p=g.top_p,
+                batch_size=g.batch_size,
+            )
+            texts = gen.generate(
+                list(seekers["cv"]), common.fold_rng(config.seed, f"gen-{name}", 0)
+            )
+            io.write_parquet_atomic(
+                pd.DataFrame({"seeker_id": seekers["seeker_id"], f"jd_{name}": texts}), part
+            )
         out[f"jd_{name}"] = pd.read_parquet(part)[f"jd_{name}"].to_numpy()
         if data.market is not None:
-            out[f"true_match_{name}"] = data.market.true_match(out["seeker_id"].to_numpy(),
-                                                               list(out[f"jd_{name}"]))
+            out[f"true_match_{name}"] = data.market.true_match(
+                out["seeker_id"].to_numpy(), list(out[f"jd_{name}"])
+            )
     io.write_parquet_atomic(out, os.path.join(out_dir, "generated.parquet"))
     info = {"seekers": len(out), "steps": steps, "greedy": bool(g.greedy)}
     for name in generators:

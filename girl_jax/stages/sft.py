@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from girl_jax.errors import ConfigError
 from girl_jax import preemption
+from girl_jax.errors import ConfigError
 from girl_jax.stages import common
 
 
@@ -41,8 +41,17 @@ class SFTConfig:
     init_from: str = ""
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "steps", "max_prompt_len", "max_response_len",
-                     "eval_every", "checkpoint_every", "keep", "log_every"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "steps",
+            "max_prompt_len",
+            "max_response_len",
+            "eval_every",
+            "checkpoint_every",
+            "keep",
+            "log_every",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config.sft.{name} must be positive, got {getattr(self, name)}")
 
@@ -88,7 +97,6 @@ def train_step(state, batch, rng, *, graphdef, tx, accum: int = 1):
     loss = nll.sum() / total
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
 
-
     params = optax.apply_updates(state.params, updates)
     finite = common.all_finite(loss, grads)
     new_state = state.replace(
@@ -97,7 +105,10 @@ def train_step(state, batch, rng, *, graphdef, tx, accum: int = 1):
         opt_state=common.select_tree(finite, opt_state, state.opt_state),
     )
     metrics = dict(
-        loss=loss, tokens=total, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32)
+        loss=loss,
+        tokens=total,
+        grad_norm=optax.global_norm(grads),
+        finite=finite.astype(jnp.float32),
     )
     return new_state, metrics
 
@@ -119,8 +130,11 @@ def _arrays(tok, df, cfg: SFTConfig):
     from girl_jax.data import batches
 
     enc = batches.encode_sft(
-        tok, list(df["cv"]), list(df["jd"]),
-        max_prompt_len=cfg.max_prompt_len, max_response_len=cfg.max_response_len,
+        tok,
+        list(df["cv"]),
+        list(df["jd"]),
+        max_prompt_len=cfg.max_prompt_len,
+        max_response_len=cfg.max_response_len,
     )
     return {k: enc[k] for k in ("input_ids", "attention_mask", "target_mask")}
 
@@ -173,11 +187,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
         model_fn = lambda rngs: from_pretrained(cfg.init_from)  # noqa: E731
     tx = common.make_optimizer(
-        cfg.learning_rate, cfg.steps, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+        cfg.learning_rate,
+        cfg.steps,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
     )
-    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules,
-                                                              seed=config.seed)
+    graphdef, state, shardings = state_mod.create_train_state(
+        model_fn, tx, mesh, rules, seed=config.seed
+    )
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, accum=cfg.grad_accum),
         in_shardings=(shardings, state_mod.batch_sharding(mesh), None),
@@ -196,13 +214,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     bar = metrics_mod.Progress(cfg.steps, "sft", start=start)
 
     eval_ids = val_df.drop_duplicates("seeker_id").iloc[: cfg.num_eval_samples]
-    gen = Generator(graphdef, None, tok, max_prompt_len=cfg.max_prompt_len,
-                    max_new_tokens=cfg.max_response_len, greedy=True,
-                    batch_size=max(1, min(64, len(eval_ids))))
+    gen = Generator(
+        graphdef,
+        None,
+        tok,
+        max_prompt_len=cfg.max_prompt_len,
+        max_new_tokens=cfg.max_response_len,
+        greedy=True,
+        batch_size=max(1, min(64, len(eval_ids))),
+    )
 
     def evaluate(step):
-        sums = [jax.device_get(eval_fn(state.params, _trim(_slice(val, i, global_batch))))
-                for i in range(0, len(val["input_ids"]), global_batch)]
+        sums = [
+            jax.device_get(eval_fn(state.params, _trim(_slice(val, i, global_batch))))
+            for i in range(0, len(val["input_ids"]), global_batch)
+        ]
         nll = sum(float(s["nll"]) for s in sums)
         n = max(sum(float(s["tokens"]) for s in sums), 1.0)
         out = {"eval_loss": nll / n, "eval_perplexity": float(np.exp(min(nll / n, 50)))}
@@ -232,7 +258,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             last = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
-        preemption.check("sft", done, lambda: ckpt.save(done, state, {"data_iterator": it.get_state()}))
+        preemption.check(
+            "sft", done, lambda d=done, s=state: ckpt.save(d, s, {"data_iterator": it.get_state()})
+        )
     bar.close()
     if not last:
         last = evaluate(cfg.steps)
@@ -262,9 +290,13 @@ def load_final_params(workdir: str, config, vocab_size: int):
     rules = rules_mod.normalize_rules(config.logical_axis_rules)
     sft_cfg = SFTConfig.from_config(config.sft)
     _, model_fn = build_model_fn(config, vocab_size, config.seed)
-    tx = common.make_optimizer(sft_cfg.learning_rate, sft_cfg.steps,
-                               warmup_steps=sft_cfg.warmup_steps,
-                               weight_decay=sft_cfg.weight_decay, grad_clip=sft_cfg.grad_clip)
+    tx = common.make_optimizer(
+        sft_cfg.learning_rate,
+        sft_cfg.steps,
+        warmup_steps=sft_cfg.warmup_steps,
+        weight_decay=sft_cfg.weight_decay,
+        grad_clip=sft_cfg.grad_clip,
+    )
     graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, tx, mesh, rules)
     state, _, _ = ckpt_mod.restore_final_state(out_dir, "sft", abstract)
     return graphdef, state.params

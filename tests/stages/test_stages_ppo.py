@@ -42,9 +42,18 @@ class Tok:
 
 def _setup(**overrides):
     c = get_config("smoke").ppo
-    c.update(batch_size=16, minibatches=2, epochs=2, max_new_tokens=8, learning_rate=3e-3,
-             critic_learning_rate=3e-3, kl_coef=0.01, kl_controller="fixed",
-             missing_eos_penalty=0.0, score_clip=0.0)
+    c.update(
+        batch_size=16,
+        minibatches=2,
+        epochs=2,
+        max_new_tokens=8,
+        learning_rate=3e-3,
+        critic_learning_rate=3e-3,
+        kl_coef=0.01,
+        kl_controller="fixed",
+        missing_eos_penalty=0.0,
+        score_clip=0.0,
+    )
     c.update(**overrides)
     cfg = ppo.PPOConfig.from_config(c)
     mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
@@ -55,13 +64,22 @@ def _setup(**overrides):
     rg, rparams = nnx.split(CountReward(), nnx.Param)
     controller = kl_mod.make_kl_controller("fixed", cfg.kl_coef)
     ref = jax.tree.map(jnp.copy, actor.params)
-    st = ppo.PPOState(actor=actor, critic=critic, kl=controller.init(),
-                      iteration=jnp.zeros((), jnp.int32))
+    st = ppo.PPOState(
+        actor=actor, critic=critic, kl=controller.init(), iteration=jnp.zeros((), jnp.int32)
+    )
     frozen = ppo.Frozen(reference=ref, reward=rparams)
     graphs = ppo.Graphs(actor=ag, critic=cg, reward=rg)
-    step = jax.jit(functools.partial(
-        ppo.train_step, graphs=graphs, cfg=cfg, scfg=ppo.sampling_config(cfg, Tok(), greedy=False),
-        actor_tx=atx, critic_tx=ctx, controller=controller))
+    step = jax.jit(
+        functools.partial(
+            ppo.train_step,
+            graphs=graphs,
+            cfg=cfg,
+            scfg=ppo.sampling_config(cfg, Tok(), greedy=False),
+            actor_tx=atx,
+            critic_tx=ctx,
+            controller=controller,
+        )
+    )
     rng = np.random.default_rng(0)
     ids = rng.integers(2, 16, (cfg.batch_size, 6)).astype(np.int32)
     mask = np.ones_like(ids)
@@ -71,8 +89,9 @@ def _setup(**overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("advantage,group", [("gae", 1), ("grpo", 4), ("rloo", 4),
-                                             ("reinforce", 1)])
+@pytest.mark.parametrize(
+    "advantage,group", [("gae", 1), ("grpo", 4), ("rloo", 4), ("reinforce", 1)]
+)
 def test_ppo_raises_toy_reward(advantage, group):
     cfg, st, frozen, step, batch, _ = _setup(advantage=advantage, group_size=group)
     rewards = []
@@ -88,16 +107,19 @@ def test_ppo_raises_toy_reward(advantage, group):
 def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
     cfg, st, frozen, _, batch, graphs = _setup()
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
-    data, stats, out = ppo.rollout(st, frozen, batch, jax.random.key(0), graphs=graphs, cfg=cfg,
-                                   scfg=scfg)
+    data, stats, out = ppo.rollout(
+        st, frozen, batch, jax.random.key(0), graphs=graphs, cfg=cfg, scfg=scfg
+    )
     # actor == reference at the start: per-token KL is exactly 0
-    np.testing.assert_allclose(np.asarray(data["logp_old"]), np.asarray(data["logp_ref"]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(data["logp_old"]), np.asarray(data["logp_ref"]), atol=1e-6
+    )
     assert abs(float(stats["kl"])) < 1e-5
     # old log-probs recomputed by a full forward equal the sampler's (same temperature)
     m = np.asarray(out.mask)
-    np.testing.assert_allclose(np.asarray(data["logp_old"]) * m, np.asarray(out.logprobs) * m,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(data["logp_old"]) * m, np.asarray(out.logprobs) * m, atol=1e-4
+    )
     # the RM score is read at the last valid token: the count over the whole valid sequence
     ids, msk = np.asarray(data["ids"]), np.asarray(data["mask"])
     expected = ((ids == TARGET) * msk).sum(1)

@@ -41,8 +41,12 @@ def _train(objective, steps=60):
     else:
         pos, neg = label == 1, label == 0
         k = min(pos.sum(), neg.sum())
-        batch = {"chosen_ids": ids[pos][:k], "chosen_mask": mask[pos][:k],
-                 "rejected_ids": ids[neg][:k], "rejected_mask": mask[neg][:k]}
+        batch = {
+            "chosen_ids": ids[pos][:k],
+            "chosen_mask": mask[pos][:k],
+            "rejected_ids": ids[neg][:k],
+            "rejected_mask": mask[neg][:k],
+        }
     step = jax.jit(functools.partial(reward.train_step, graphdef=g, tx=tx, cfg=cfg))
     losses = []
     for _ in range(steps):
@@ -63,8 +67,9 @@ def test_score_reads_last_valid_token_and_ignores_padding():
     ids, mask, _ = _data(n=8)
     s = reward.scores(st.params, g, ids, mask)
     padded_ids = np.where(mask == 1, ids, 13)  # other pad content, same mask
-    np.testing.assert_allclose(np.asarray(reward.scores(st.params, g, padded_ids, mask)),
-                               np.asarray(s), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(reward.scores(st.params, g, padded_ids, mask)), np.asarray(s), atol=1e-5
+    )
     values, _ = __import__("flax").nnx.merge(g, st.params)(ids, mask)
     last = mask.sum(1) - 1
     np.testing.assert_allclose(np.asarray(s), np.asarray(values)[np.arange(8), last], atol=1e-6)

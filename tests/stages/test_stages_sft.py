@@ -37,8 +37,9 @@ def test_loss_counts_only_target_tokens_against_numpy():
     g, st, _ = _state()
     b = _batch(np.random.default_rng(0))
     nll, n = sft.lm_loss_sums(st.params, g, b)
-    logits, _ = Decoder.__call__(__import__("flax").nnx.merge(g, st.params), b["input_ids"],
-                                 b["attention_mask"])
+    logits, _ = Decoder.__call__(
+        __import__("flax").nnx.merge(g, st.params), b["input_ids"], b["attention_mask"]
+    )
     logp = np.asarray(jax.nn.log_softmax(logits, -1))
     ref, cnt = 0.0, 0
     for i in range(b["input_ids"].shape[0]):
