@@ -168,9 +168,12 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     ours_iter()  # compile + first run
     first_s = time.perf_counter() - t0
+    bc.progress(f"ppo: first call (compile + run) {first_s:.1f}s")
     ours_times = [bc.time_call(ours_iter) for _ in range(repeats)]
 
+    bc.progress(f"ppo: ours {ours_times}; TRL worker starts")
     trl = run_trl(o["mcfg"], batch, prompt, new, epochs, trl_iters)
+    bc.progress(f"ppo: TRL {trl.get('iteration_s') or trl.get('reason')}")
     ours_times += [bc.time_call(ours_iter) for _ in range(repeats)]  # A B A
 
     breakdown = time_breakdown(o, holder["state"], repeats, sampling) if not quick else {}

@@ -61,6 +61,7 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             compiled = sampler.lower(params, ids, mask, key).compile()
             compile_s = time.perf_counter() - t0
+            bc.progress(f"sampler {mode} batch {batch}: compiled in {compile_s:.1f}s")
 
             def ours(compiled=compiled, ids=ids, mask=mask, key=key):
                 out = compiled(params, ids, mask, key)
@@ -79,6 +80,7 @@ def run(args) -> dict:
             peer_tps = tok / bc.median(times["peer"]) if "peer" in times else None
             run_key = f"{mode}_b{batch}"
             details["runs"][run_key] = dict(
+                torch_threads=getattr(torch_side, "threads", None),
                 times_s=times,
                 compile_s=compile_s,
                 ours_flops_per_s=bc.decode_flops(cfg, batch, prompt, new)
@@ -115,7 +117,8 @@ def _torch_generate_factory(model, device: str):
         return None
     if device == "gpu" and not torch.cuda.is_available():
         return None
-    torch.set_num_threads(os.cpu_count())
+    threads, probe = bc.best_torch_threads()
+    bc.progress(f"torch threads: {threads} (probe {probe})")
     dev = "cuda" if device == "gpu" else "cpu"
     path = bc.export_hf(model, os.path.join(tempfile.mkdtemp(prefix="bench-sampler-"), "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(path).to(dev).eval()
@@ -123,6 +126,7 @@ def _torch_generate_factory(model, device: str):
         hf = hf.to(torch.bfloat16)
 
     def factory(ids_np, new, *, greedy):
+        factory.threads = threads
         ids = torch.as_tensor(ids_np, dtype=torch.long, device=dev)
         mask = torch.ones_like(ids)
         kwargs = (

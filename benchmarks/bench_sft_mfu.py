@@ -84,6 +84,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     train()
     compile_s = time.perf_counter() - t0
+    bc.progress(f"sft: first step (compile + run) {compile_s:.1f}s")
     forward()
     times = bc.interleaved({"train": train, "forward": forward}, repeats)
     train_s, fwd_s = bc.median(times["train"]), bc.median(times["forward"])

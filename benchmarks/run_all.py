@@ -62,12 +62,20 @@ def run_bench(name: str, args) -> dict:
     cmd = [sys.executable, os.path.join(HERE, f"bench_{name}.py"), "--device", args.device]
     if args.quick:
         cmd.append("--quick")
+    if args.repeats:
+        cmd += ["--repeats", str(args.repeats)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    # stderr (progress lines, warnings) goes to a file the user can tail while it runs.
+    with open(args.log, "a") as log:
+        log.write(f"== {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     start = proc.stdout.find("{")
     if proc.returncode != 0 or start < 0:
-        return dict(error=f"exit {proc.returncode}: {proc.stderr[-3000:]}", wall_s=wall, figures=[])
+        with open(args.log) as log:
+            tail = log.read()[-3000:]
+        return dict(error=f"exit {proc.returncode}: {tail}", wall_s=wall, figures=[])
     result = json.loads(proc.stdout[start:])
     result["wall_s"] = wall
     return result
@@ -129,8 +137,12 @@ def main(argv=None):
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--repeats", type=int, default=0, help="timed runs per side (0: defaults)")
+    p.add_argument("--log", default="", help="benchmarks' stderr (default: OUT.log)")
     p.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES))
     args = p.parse_args(argv)
+    args.log = args.log or args.out + ".log"
+    open(args.log, "w").close()
 
     meta = dict(
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -45,7 +45,10 @@ def main(argv=None):
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as ppo_mod
 
-    torch.set_num_threads(os.cpu_count())
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_common
+
+    threads, probe = bench_common.best_torch_threads()
     torch.manual_seed(0)
     hf_cfg = json.load(open(os.path.join(args.model_dir, "config.json")))
     vocab = hf_cfg["vocab_size"]
@@ -145,6 +148,7 @@ def main(argv=None):
             python=sys.version.split()[0],
         ),
         threads=torch.get_num_threads(),
+        thread_probe_s=probe,
     )
     print("TRL_RESULT " + json.dumps(result))
 

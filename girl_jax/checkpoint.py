@@ -8,6 +8,7 @@ marker that says the stage finished and which step the next stage starts from.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from typing import Any
@@ -24,7 +25,10 @@ def write_json_atomic(path: str, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            # Strict JSON: NaN / Inf become null so jq and JavaScript can read every file.
+            json.dump(
+                _finite(obj), f, indent=2, sort_keys=True, default=_json_default, allow_nan=False
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,6 +36,18 @@ def write_json_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0 and hasattr(obj, "item"):
+        return _finite(obj.item())
+    return obj
 
 
 def _json_default(x):

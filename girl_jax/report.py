@@ -186,7 +186,7 @@ def plot_roc(workdir: str) -> str | None:
     for ax, pred in zip(axes[0], preds):
         for r in runs:
             feat, p, seed = r.rsplit("_", 2)
-            if p != pred or seed != "s" + r.rsplit("_s", 1)[1]:
+            if p != pred:
                 continue
             logits = np.load(os.path.join(rec_dir, r, "test_logits.npy"))
             if len(logits) != len(labels):

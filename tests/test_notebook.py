@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
-CELL_TIMEOUT_S = int(os.environ.get("GIRL_NOTEBOOK_CELL_TIMEOUT", "600"))
+CELL_TIMEOUT_S = int(os.environ.get("GIRL_NOTEBOOK_CELL_TIMEOUT", "300"))
 
 
 def _read():

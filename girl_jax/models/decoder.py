@@ -61,7 +61,9 @@ class DecoderConfig:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ConfigError(f"DecoderConfig.family must be one of {FAMILIES}, got {self.family!r}")
+            raise ConfigError(
+                f"DecoderConfig.family must be one of {FAMILIES}, got {self.family!r}"
+            )
         gpt2 = self.family == "gpt2"
         defaults = {
             "num_kv_heads": self.num_heads,
@@ -369,7 +371,9 @@ class Transformer(nnx.Module):
             for i, block in enumerate(self.layers):
                 graphdef, state = nnx.split(block)
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-                x, out_kv = _block_fn(graphdef, cfg.remat)(state, x, mask_BxTxS, rope, layer_kv, index)
+                x, out_kv = _block_fn(graphdef, cfg.remat)(
+                    state, x, mask_BxTxS, rope, layer_kv, index
+                )
                 if out_kv is not None:
                     new_ks.append(out_kv[0])
                     new_vs.append(out_kv[1])

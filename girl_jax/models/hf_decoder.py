@@ -84,7 +84,9 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> DecoderConfig:
         else:
             raise ModelError(f"config.json: model_type {model_type!r} is not a decoder we load")
     except KeyError as e:
-        raise ModelError(f"config.json: missing key {e.args[0]!r} for model_type {model_type}")
+        raise ModelError(
+            f"config.json: missing key {e.args[0]!r} for model_type {model_type}"
+        ) from e
     kw.update(overrides)
     try:
         return DecoderConfig(**kw)

@@ -133,7 +133,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None, **over
     if _is_bert(directory):
         from girl_jax.models import hf_bert
 
-        return hf_bert.load_bert(directory)
+        return hf_bert.load_bert(str(directory), dtype=dtype)
     hf = read_config(directory)
     archs = hf.get("architectures") or []
     family = next((DECODER_ARCHITECTURES[a] for a in archs if a in DECODER_ARCHITECTURES), None)
@@ -155,15 +155,19 @@ def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None, **over
 def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None) -> Path:
     """Writes `model` as a HF directory (config.json, model.safetensors[, tokenizer.json]).
 
-    The directory is built beside `path` and renamed into place, so a crash leaves
-    either the old directory or the new one, never half of one. LoRA adapters are
-    merged into the weights first. `tokenizer` is anything with `.save(file)`
-    (a `tokenizers.Tokenizer`).
+    A `BertEncoder` goes to `hf_bert.save_bert`. The directory is built beside `path`
+    and renamed into place, so a crash leaves either the old directory or the new one,
+    never half of one. LoRA adapters are merged into the weights first. `tokenizer` is
+    anything with `.save(file)` (a `tokenizers.Tokenizer`).
     """
     import safetensors.numpy
 
     from girl_jax.models.hf_decoder import decoder_to_hf
 
+    if type(model).__name__ == "BertEncoder":
+        from girl_jax.models import hf_bert
+
+        return Path(hf_bert.save_bert(model, str(path), tokenizer=tokenizer))
     config, tensors = decoder_to_hf(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

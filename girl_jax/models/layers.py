@@ -25,6 +25,7 @@ LAYERS_METADATA = {nnx.PARTITION_NAME: "layers", AXES_KEY: "layers"}
 Initializer = Callable[..., jax.Array]
 default_kernel_init = nnx.initializers.normal(0.02)
 default_embed_init = nnx.initializers.normal(0.02)
+zeros_init = nnx.initializers.zeros_init()
 
 
 def param(
@@ -76,7 +77,7 @@ class Linear(nnx.Module):
         use_bias: bool = True,
         rngs: nnx.Rngs,
         kernel_init: Initializer = default_kernel_init,
-        bias_init: Initializer = nnx.initializers.zeros_init(),
+        bias_init: Initializer = zeros_init,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
     ):

@@ -253,6 +253,7 @@ def train_one(
             preemption.check("recommend", global_step, lambda: None)
             if global_step % 50 == 0:
                 bar.update(global_step, f"loss {float(m['loss']):.3f}")
+        bar.update(global_step, f"epoch {epoch + 1}")
         val_logits = scores(state.params, "validation")
         rep = metrics_mod.binary_report(splits["validation"]["label"], val_logits)
         train_loss = float(np.mean(jax.device_get(losses)))
