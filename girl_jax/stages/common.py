@@ -132,3 +132,12 @@ def host(tree):
 def fresh_copy(tree, shardings):
     """New buffers with the given shardings (a donated state must not alias frozen params)."""
     return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(tree)
+
+
+def activate_rules(config):
+    """The config's mesh + logical rules, active while steps are traced (block constraints)."""
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+
+    mesh = mesh_mod.make_mesh(config.mesh)
+    return rules_mod.activate(mesh, rules_mod.normalize_rules(config.logical_axis_rules))

@@ -394,6 +394,12 @@ def build(config, workdir: str, data, mesh, rules):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+    """Restore or init, train, evaluate, checkpoint; a finished stage returns its eval.json."""
+    with common.activate_rules(config):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
     from girl_jax import checkpoint as ckpt_mod
     from girl_jax import metrics as metrics_mod
     from girl_jax.data import batches, pipeline, prepare

@@ -183,6 +183,12 @@ def score_dataset(score_fn, params, arrays, batch_size):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+    """Restore or init, train, evaluate, checkpoint; a finished stage returns its eval.json."""
+    with common.activate_rules(config):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
     from girl_jax import checkpoint as ckpt_mod
     from girl_jax import metrics as metrics_mod
     from girl_jax.data import pipeline, prepare

@@ -155,6 +155,12 @@ def build_model_fn(config, vocab_size: int, seed: int):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+    """Restore or init, train, evaluate, checkpoint; a finished stage returns its eval.json."""
+    with common.activate_rules(config):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
     from girl_jax import checkpoint as ckpt_mod
     from girl_jax import metrics as metrics_mod
     from girl_jax.data import pipeline, prepare
