@@ -60,7 +60,8 @@ def test_save_restore_and_final_marker(tmp_path):
     tree = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.asarray(3)}
     ck = checkpoint.StageCheckpointer(str(tmp_path), keep=2)
     for step in (1, 2, 3):
-        ck.save(step, jax.tree.map(lambda x: x * step, tree), {"data_iterator": {"pos": step}})
+        scaled = jax.tree.map(lambda x, s=step: x * s, tree)
+        ck.save(step, scaled, {"data_iterator": {"pos": step}})
     assert ck.latest_step() == 3
     assert sorted(ck.manager.all_steps()) == [2, 3]  # keep-last-K
     ck.save(3, tree)  # saving an existing step again is a no-op

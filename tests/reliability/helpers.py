@@ -1,4 +1,4 @@
-"""Shared pieces of the reliability tests: the tiny run's overrides, in-process CLI calls, hashes."""
+"""Shared pieces of the reliability tests: tiny-run overrides, in-process CLI calls, hashes."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ TINY = (
     "--config.sft.checkpoint_every=4",
     "--config.sft.eval_every=12",
     "--config.sft.log_every=4",
-    "--config.sft.max_response_len=48",
+    "--config.sft.max_prompt_len=64",
+    "--config.sft.max_response_len=32",
     "--config.sft.num_eval_samples=8",
     "--config.reward.steps=8",
     "--config.reward.checkpoint_every=4",
@@ -34,6 +35,7 @@ TINY = (
     "--config.ppo.eval_every=2",
     "--config.ppo.max_new_tokens=16",
     "--config.ppo.num_eval_prompts=8",
+    "--config.generate.batch_size=128",
     "--config.recommend.epochs=1",
     "--config.recommend.seeds=[0]",
     "--config.recommend.predictors=['mlp']",

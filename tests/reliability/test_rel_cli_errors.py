@@ -35,8 +35,12 @@ GOOD = st.fixed_dictionaries(
 # (field, bad value, word expected in the message) for JSON-typed sources.
 JSON_DEFECTS = st.one_of(
     st.tuples(st.just("label"), st.sampled_from([2, -1, 0.5, "yes", True, None, [1], {}])),
-    st.tuples(st.sampled_from(["cv", "jd"]), st.sampled_from(["", "   ", None, 5, ["a"], "a\x00b"])),
-    st.tuples(st.sampled_from(["seeker_id", "job_id"]), st.sampled_from([1.5, [1], {"a": 1}, True])),
+    st.tuples(
+        st.sampled_from(["cv", "jd"]), st.sampled_from(["", "   ", None, 5, ["a"], "a\x00b"])
+    ),
+    st.tuples(
+        st.sampled_from(["seeker_id", "job_id"]), st.sampled_from([1.5, [1], {"a": 1}, True])
+    ),
     st.tuples(st.sampled_from(["salary", "Label", "cv "]), WORDS),
     st.tuples(st.sampled_from(["-cv", "-jd", "-label"]), st.none()),  # a required field removed
 )
@@ -60,8 +64,16 @@ def _expect_jsonl(records, index, defect):
 
 
 RAW_LINES = st.sampled_from(
-    ['{"cv": "a", "jd": "b", "label": 1', "[1, 2, 3]", '"just a string"', "42", "{cv: 1}",
-     '{"cv": "a", "cv": "b", "jd": "c", "label": 0}', "null", "{'cv': 'a'}"]
+    [
+        '{"cv": "a", "jd": "b", "label": 1',
+        "[1, 2, 3]",
+        '"just a string"',
+        "42",
+        "{cv: 1}",
+        '{"cv": "a", "cv": "b", "jd": "c", "label": 0}',
+        "null",
+        "{'cv': 'a'}",
+    ]
 )
 
 
@@ -86,15 +98,23 @@ CSV_DEFECTS = st.one_of(
 
 @st.composite
 def csv_case(draw):
-    records = [{k: r[k] for k in ("cv", "jd", "label")} for r in draw(st.lists(GOOD, min_size=1, max_size=6))]
+    records = [
+        {k: r[k] for k in ("cv", "jd", "label")}
+        for r in draw(st.lists(GOOD, min_size=1, max_size=6))
+    ]
     delimiter = draw(st.sampled_from([",", "\t"]))
     ext = ".csv" if delimiter == "," else ".tsv"
     kind = draw(st.sampled_from(["row", "header"]))
     if kind == "header":
         header = draw(
             st.sampled_from(
-                [["cv", "jd"], ["cv", "jd", "label", "cv"], ["cv", "jd", "label", "salary"],
-                 ["CV", "jd", "label"], ["cv", "jd", "labels"]]
+                [
+                    ["cv", "jd"],
+                    ["cv", "jd", "label", "cv"],
+                    ["cv", "jd", "label", "salary"],
+                    ["CV", "jd", "label"],
+                    ["cv", "jd", "labels"],
+                ]
             )
         )
         rows = [header] + [[str(r.get(h, "x")) for h in header] for r in records]
@@ -172,8 +192,16 @@ def test_data_make_from_files_rejects_malformed_files(case):
             f.write(body)
         workdir = os.path.join(tmp, "w")
         res = run_cli(
-            ["data", "make", "--config", CONFIG, "--workdir", workdir,
-             "--config.data.source=files", f"--config.data.path={path}"]
+            [
+                "data",
+                "make",
+                "--config",
+                CONFIG,
+                "--workdir",
+                workdir,
+                "--config.data.source=files",
+                f"--config.data.path={path}",
+            ]
         )
         _check(res, path, where, field)
         assert not os.path.exists(os.path.join(workdir, "data", "final.json"))
@@ -233,8 +261,16 @@ def test_unknown_split_value_names_the_line(tmp_path):
     path = tmp_path / "user.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = run_cli(
-        ["data", "make", "--config", CONFIG, "--workdir", str(tmp_path / "w"),
-         "--config.data.source=files", f"--config.data.path={path}"]
+        [
+            "data",
+            "make",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.data.source=files",
+            f"--config.data.path={path}",
+        ]
     )
     assert_one_line_error(res, "user.jsonl", "line 2", "split")
 
@@ -248,9 +284,17 @@ def test_valid_file_with_split_but_no_ids_is_prepared(tmp_path):
     path = tmp_path / "user.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = run_cli(
-        ["data", "make", "--config", CONFIG, "--workdir", str(tmp_path / "w"),
-         "--config.data.source=files", f"--config.data.path={path}",
-         "--config.tokenizer.vocab_size=300"]
+        [
+            "data",
+            "make",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.data.source=files",
+            f"--config.data.path={path}",
+            "--config.tokenizer.vocab_size=300",
+        ]
     )
     assert res.error is None, f"traceback: {type(res.error).__name__}: {res.error}"
     assert res.code == 0, res.stderr[-2000:]

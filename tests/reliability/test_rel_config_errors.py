@@ -64,8 +64,11 @@ STAGE_ERRORS = [
     ("sft", ["--config.mesh.data=3"], "mesh.data"),
     ("sft", ["--config.mesh.data=8", "--config.sft.batch_size=12"], "sft.batch_size"),
     ("sft", ["--config.sft.keep=0"], "config.sft.keep"),
-    ("reward", ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.reward.batch_size=12"],
-     "reward.batch_size"),
+    (
+        "reward",
+        ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.reward.batch_size=12"],
+        "reward.batch_size",
+    ),
     ("reward", ["--config.reward.objective=listwise"], "config.reward.objective"),
     ("ppo", ["--config.ppo.advantage=nope"], "config.ppo.advantage"),
     ("ppo", ["--config.ppo.on_nonfinite=maybe"], "config.ppo.on_nonfinite"),

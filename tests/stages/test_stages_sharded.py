@@ -16,8 +16,17 @@ from girl_jax.parallel import state as state_mod
 from girl_jax.rl import kl as kl_mod
 from girl_jax.stages import common, ppo, reward, sft
 
-CFG = DecoderConfig(family="llama", vocab_size=64, max_len=32, d_model=32, num_layers=2,
-                    num_heads=4, num_kv_heads=2, mlp_dim=64, tie_embeddings=False)
+CFG = DecoderConfig(
+    family="llama",
+    vocab_size=64,
+    max_len=32,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=64,
+    tie_embeddings=False,
+)
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
 RULES = rules_mod.normalize_rules(None)
 
@@ -41,17 +50,21 @@ def _run_sft(shape):
     mesh = _mesh(shape)
     tx = common.make_optimizer(1e-2, 10, warmup_steps=1, weight_decay=0.01, grad_clip=1.0)
     g, st, sh = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), tx, mesh, RULES)
-    step = jax.jit(functools.partial(sft.train_step, graphdef=g, tx=tx, accum=2),
-                   in_shardings=(sh, state_mod.batch_sharding(mesh), None),
-                   out_shardings=(sh, None), donate_argnums=(0,))
+    step = jax.jit(
+        functools.partial(sft.train_step, graphdef=g, tx=tx, accum=2),
+        in_shardings=(sh, state_mod.batch_sharding(mesh), None),
+        out_shardings=(sh, None),
+        donate_argnums=(0,),
+    )
     losses = []
     with rules_mod.activate(mesh, RULES):
         for i in range(3):
             ids, mask = _tokens(i)
             target = mask.copy()
             target[:, :4] = 0
-            batch = state_mod.put_batch({"input_ids": ids, "attention_mask": mask,
-                                         "target_mask": target}, mesh)
+            batch = state_mod.put_batch(
+                {"input_ids": ids, "attention_mask": mask, "target_mask": target}, mesh
+            )
             st, m = step(st, batch, None)
             losses.append(float(m["loss"]))
     return losses, jax.device_get(st.params)
@@ -62,18 +75,23 @@ def _run_reward(shape):
     c = load_config("configs/default.py:smoke").reward
     cfg = reward.RewardConfig.from_config(c)
     tx = reward.make_tx(cfg)
-    g, st, sh = state_mod.create_train_state(lambda r: ScoreModel(CFG, rngs=r, zero_init_head=False),
-                                             tx, mesh, RULES)
-    step = jax.jit(functools.partial(reward.train_step, graphdef=g, tx=tx, cfg=cfg),
-                   in_shardings=(sh, state_mod.batch_sharding(mesh), None),
-                   out_shardings=(sh, None), donate_argnums=(0,))
+    g, st, sh = state_mod.create_train_state(
+        lambda r: ScoreModel(CFG, rngs=r, zero_init_head=False), tx, mesh, RULES
+    )
+    step = jax.jit(
+        functools.partial(reward.train_step, graphdef=g, tx=tx, cfg=cfg),
+        in_shardings=(sh, state_mod.batch_sharding(mesh), None),
+        out_shardings=(sh, None),
+        donate_argnums=(0,),
+    )
     losses = []
     with rules_mod.activate(mesh, RULES):
         for i in range(3):
             ids, mask = _tokens(10 + i)
             label = (np.arange(8) % 2).astype(np.float32)
-            batch = state_mod.put_batch({"input_ids": ids, "attention_mask": mask,
-                                         "label": label}, mesh)
+            batch = state_mod.put_batch(
+                {"input_ids": ids, "attention_mask": mask, "label": label}, mesh
+            )
             st, m = step(st, batch, None)
             losses.append(float(m["loss"]))
     return losses, jax.device_get(st.params)
@@ -94,24 +112,35 @@ def _run_ppo(shape):
     ctx = common.make_optimizer(1e-3, 10, grad_clip=1.0, cosine=False)
     ag, actor, ash = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), atx, mesh, RULES)
     cg, critic, csh = state_mod.create_train_state(
-        lambda r: ScoreModel(CFG, rngs=r, zero_init_head=False), ctx, mesh, RULES)
+        lambda r: ScoreModel(CFG, rngs=r, zero_init_head=False), ctx, mesh, RULES
+    )
     controller = kl_mod.make_kl_controller("adaptive", 0.05, 1.0, 100.0)
     ref = common.fresh_copy(actor.params, ash.params)
     rm = common.fresh_copy(critic.params, csh.params)
-    st = ppo.PPOState(actor=actor, critic=critic, kl=controller.init(),
-                      iteration=jnp.zeros((), jnp.int32))
+    st = ppo.PPOState(
+        actor=actor, critic=critic, kl=controller.init(), iteration=jnp.zeros((), jnp.int32)
+    )
     graphs = ppo.Graphs(actor=ag, critic=cg, reward=cg)
-    step = jax.jit(functools.partial(
-        ppo.train_step, graphs=graphs, cfg=cfg, scfg=ppo.sampling_config(cfg, _Tok(), greedy=True),
-        actor_tx=atx, critic_tx=ctx, controller=controller))
+    step = jax.jit(
+        functools.partial(
+            ppo.train_step,
+            graphs=graphs,
+            cfg=cfg,
+            scfg=ppo.sampling_config(cfg, _Tok(), greedy=True),
+            actor_tx=atx,
+            critic_tx=ctx,
+            controller=controller,
+        )
+    )
     losses = []
     with rules_mod.activate(mesh, RULES):
         for i in range(2):
             ids, _ = _tokens(20 + i, L=6)
             mask = np.ones_like(ids)
             mask[:4, :2] = 0
-            batch = state_mod.put_batch({"prompt_ids": np.where(mask == 1, ids, 0),
-                                         "prompt_mask": mask}, mesh)
+            batch = state_mod.put_batch(
+                {"prompt_ids": np.where(mask == 1, ids, 0), "prompt_mask": mask}, mesh
+            )
             st, m, _ = step(st, ppo.Frozen(reference=ref, reward=rm), batch, jax.random.key(i))
             losses.append(float(m["total_loss"]))
     return losses, jax.device_get(st.actor.params)
