@@ -28,11 +28,11 @@ smoke: $(VENV)/.installed
 	$(BIN)/girl run --config configs/default.py:smoke --workdir workdir/smoke
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check girl_jax tests configs benchmarks
+	$(BIN)/ruff check girl_jax tests configs benchmarks scripts
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -q --timeout 600
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check girl_jax tests configs benchmarks
+	$(BIN)/ruff check girl_jax tests configs benchmarks scripts
 	$(BIN)/ruff format --check girl_jax tests configs benchmarks
 
 bench: $(VENV)/.installed-test

@@ -1,7 +1,7 @@
 """Orbax checkpoints per stage, and the hand-off between stages.
 
-Layout: `WORKDIR/<stage>/checkpoints/<step>/{state,extra}` (Orbax commits a step atomically: a
-step directory without its commit marker is never listed), and `WORKDIR/<stage>/final.json`, the
+Layout: `WORKDIR/<stage>/checkpoints/<step>/{state,extra}` (a step directory without Orbax's
+commit marker, left by a kill mid-save, is never used), and `WORKDIR/<stage>/final.json`, the
 marker that says the stage finished and which step the next stage starts from.
 """
 
@@ -75,12 +75,25 @@ class StageCheckpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+    def complete_steps(self) -> list[int]:
+        """Steps whose save finished: Orbax's commit marker is written last (local disks)."""
+        steps = self.manager.all_steps()
+        if self.directory.startswith(("gs://", "s3://")):  # object stores commit by rename
+            return sorted(steps)
+        marker = lambda s: os.path.join(self.directory, str(s), "commit_success.txt")  # noqa: E731
+        return sorted(s for s in steps if os.path.isfile(marker(s)))
+
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        return max(self.complete_steps(), default=None)
 
     def save(self, step: int, state, extra: dict | None = None) -> None:
-        if step in self.manager.all_steps():  # already saved (e.g. periodic save, then a stop)
+        if step in self.complete_steps():  # already saved (e.g. periodic save, then a stop)
             return
+        if step in self.manager.all_steps():  # a save that a kill cut short: redo it
+            import shutil
+
+            shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+            self.manager.reload()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})
         )

@@ -33,6 +33,21 @@ def _stage_fn(name):
     return importlib.import_module(f"girl_jax.stages.{name}").train_and_evaluate
 
 
+def preflight(config) -> None:
+    """Validate every stage's settings and the mesh before anything trains or is written."""
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.stages import ppo, recommend, reward, sft
+
+    sft.SFTConfig.from_config(config.sft)
+    reward.RewardConfig.from_config(config.reward)
+    ppo.PPOConfig.from_config(config.ppo)
+    recommend.RecommendConfig.from_config(config.recommend)
+    mesh = mesh_mod.make_mesh(config.mesh)
+    for key in ("sft.batch_size", "reward.batch_size", "ppo.batch_size"):
+        stage, field = key.split(".")
+        mesh_mod.check_batch(config[stage][field], mesh, key=key)
+
+
 def _save_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     if jax.process_index() == 0:
@@ -44,6 +59,7 @@ def run_stage(name: str, config, workdir: str) -> dict:
     from girl_jax.parallel import distributed
 
     distributed.initialize(config.get("distributed"))
+    preflight(config)
     os.makedirs(workdir, exist_ok=True)
     _save_config(config, workdir)
     if name not in ("data",):
@@ -78,6 +94,7 @@ def run(config, workdir: str) -> dict:
 
     console = Console(stderr=True)
     distributed.initialize(config.get("distributed"))
+    preflight(config)
     os.makedirs(workdir, exist_ok=True)
     _save_config(config, workdir)
     t_start = time.time()

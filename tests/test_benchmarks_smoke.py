@@ -76,13 +76,13 @@ def test_markdown_table_has_a_row_per_figure(quick_results):
 
 def test_greedy_sampler_matches_transformers_on_the_same_weights(quick_results):
     results, _, _ = quick_results
-    runs = results["details"]["sampler"]["runs"]
+    runs = results["details"]["sampler"]["details"]["runs"]
     greedy = [r for k, r in runs.items() if k.startswith("greedy")]
     assert greedy and all(r["greedy_identical_prefix"] == 8 for r in greedy)
 
 
 def test_fsdp_state_shrinks_with_fsdp(quick_results):
-    rows = quick_results[0]["details"]["fsdp_memory"]["rows"]
+    rows = quick_results[0]["details"]["fsdp_memory"]["details"]["rows"]
     assert rows["2"]["device0_bytes"] < rows["1"]["device0_bytes"]
     assert rows["2"]["device0_bytes"] == rows["2"]["state_bytes_per_device"]
 

@@ -38,10 +38,6 @@ class WorkdirData:
 
 def _assign_splits(df, seed: int):
     """User data without a split column: by seeker, 10% cold-start, the rest 80/10/10."""
-    if "seeker_id" not in df.columns:
-        df["seeker_id"] = [zlib.crc32(cv.encode()) for cv in df["cv"]]
-    if "job_id" not in df.columns:
-        df["job_id"] = [zlib.crc32(jd.encode()) for jd in df["jd"]]
     rng = np.random.default_rng(seed)
     seekers = np.unique(df["seeker_id"].to_numpy())
     cold = set(rng.choice(seekers, size=max(1, len(seekers) // 10), replace=False).tolist())
@@ -77,7 +73,14 @@ def prepare(config, workdir: str) -> dict:
             raise DataError("config.data.path is empty but config.data.source == 'files'")
         ds = io.load_interactions(config.data.path, max_chars=config.data.max_chars or None)
         df = ds.to_pandas()
-        if "split" not in df.columns:
+        for col, text in (("seeker_id", "cv"), ("job_id", "jd")):
+            ids = df[text].map(lambda t: str(zlib.crc32(t.encode())))  # same text, same id
+            df[col] = ids if col not in df.columns else df[col].fillna(ids)
+        if "split" not in df.columns or df["split"].isna().any():
+            if "split" in df.columns and df["split"].notna().any():
+                raise DataError(
+                    f"{config.data.path}: field 'split' is set on some rows and missing on others"
+                )
             df = _assign_splits(df, config.seed)
         info["market"] = dict(
             seekers=int(df["seeker_id"].nunique()),
@@ -91,7 +94,9 @@ def prepare(config, workdir: str) -> dict:
         )
     bad = set(df["split"].unique()) - set(SPLITS)
     if bad:
-        raise DataError(f"{config.data.path}: field 'split' has unknown values {sorted(bad)}")
+        raise DataError(
+            f"{config.data.path}: field 'split' has unknown values {sorted(map(str, bad))}"
+        )
     if not (df["split"] == "train").any():
         raise DataError(f"{config.data.path or 'market'}: no rows in split 'train'")
     df = df[["seeker_id", "job_id", "cv", "jd", "label", "split"]]

@@ -18,6 +18,7 @@ from girl_jax.errors import DataError
 
 REQUIRED_FIELDS = ("cv", "jd", "label")
 OPTIONAL_FIELDS = ("seeker_id", "job_id", "split")
+SPLITS = ("train", "validation", "test", "cold_start")
 ALLOWED_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 TEXT_FIELDS = ("cv", "jd")
 ID_FIELDS = ("seeker_id", "job_id")
@@ -110,4 +111,10 @@ def validate_record(record, where: str, *, from_text: bool = False) -> dict:
     out["label"] = _label(record["label"], where, from_text=from_text)
     for name in OPTIONAL_FIELDS:
         out[name] = _optional(record.get(name), where, name)
+    if out["split"] is not None and out["split"] not in SPLITS:
+        raise fail(
+            where,
+            "split",
+            f"unknown value {short_repr(out['split'])}; allowed: {', '.join(SPLITS)}",
+        )
     return out

@@ -454,7 +454,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         greedy=True,
         batch_size=max(1, min(64, len(eval_seekers))),
     )
-    eval_ids, eval_mask = gen.encode(list(eval_seekers["cv"]))
 
     def evaluate(params):
         """Greedy JDs for fixed validation CVs: RM (proxy) score, oracle true match, parse rate."""
@@ -519,6 +518,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             "ppo", done, lambda d=done, s=state: ckpt.save(d, s, {"data_iterator": it.get_state()})
         )
     bar.close()
+    if start >= cfg.iterations:  # killed after the last checkpoint, before final.json
+        last_eval, _ = evaluate(state.actor.params)  # greedy: the same numbers as before
     history = metrics_mod.read_metrics(out_dir)
     rollouts = [h for h in history if "proxy_reward" in h]
     result = dict(

@@ -250,7 +250,11 @@ def train_one(
             global_step += 1
             losses.append(m["loss"])
             # A stop mid-model loses only this model's partial epoch: it retrains from its seed.
-            preemption.check("recommend", global_step, lambda: None)
+            if preemption.requested():
+                raise preemption.Preempted(
+                    f"stage recommend stopped in {feature}/{predictor} at step {global_step}; "
+                    "finished models are kept, this one retrains from its seed on rerun"
+                )
             if global_step % 50 == 0:
                 bar.update(global_step, f"loss {float(m['loss']):.3f}")
         bar.update(global_step, f"epoch {epoch + 1}")

@@ -254,13 +254,18 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         return rep
 
     last = {}
-    skipped = 0
+    skipped, refused = 0, 0.0
     for step in range(start, cfg.steps):
         batch = state_mod.put_batch(next(it), mesh)
         state, m = step_fn(state, batch, common.fold_rng(config.seed, "reward", step))
         done = step + 1
+        # Count refused updates on device (no per-step host sync); checked at each log step.
+        refused = refused + (1.0 - m["finite"])
         if done % cfg.log_every == 0 or done == cfg.steps:
             m = common.host(m)
+            if float(refused) > 0:
+                m["finite"] = 0.0  # a step since the last log was refused
+            refused = 0.0
             skipped += common.check_finite(m, "reward", done)
             writer.write(done, {**m, "skipped_updates": skipped})
             bar.update(done, f"loss {m['loss']:.3f} acc {m['accuracy']:.2f}")

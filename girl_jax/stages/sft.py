@@ -250,13 +250,18 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         return out
 
     last = {}
-    skipped = 0
+    skipped, refused = 0, 0.0
     for step in range(start, cfg.steps):
         batch = state_mod.put_batch(_trim(next(it)), mesh)
         state, m = step_fn(state, batch, common.fold_rng(config.seed, "sft", step))
         done = step + 1
+        # Count refused updates on device (no per-step host sync); checked at each log step.
+        refused = refused + (1.0 - m["finite"])
         if done % cfg.log_every == 0 or done == cfg.steps:
             m = common.host(m)
+            if float(refused) > 0:
+                m["finite"] = 0.0  # a step since the last log was refused
+            refused = 0.0
             skipped += common.check_finite(m, "sft", done)
             writer.write(done, {**m, "skipped_updates": skipped})
             bar.update(done, f"loss {m['loss']:.3f}")
