@@ -215,7 +215,17 @@ class Attention(nnx.Module):
         if rope is not None:
             q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
             k_BxTxGxK = apply_rope(k_BxTxGxK, *rope)
-        if kv_cache is not None:
+        if kv_cache is not None and len(kv_cache) == 3:
+            # The whole stacked cache and this layer's index: write the new slots in place and
+            # read the layer back, so a decode step never copies the cache (the stacked-slices
+            # version rebuilt all L layers every token).
+            ck, cv, layer = kv_cache
+            start = (layer, 0, index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k_BxTxGxK.astype(ck.dtype)[None], start)
+            cv = jax.lax.dynamic_update_slice(cv, v_BxTxGxK.astype(cv.dtype)[None], start)
+            k_BxSxGxK, v_BxSxGxK = ck[layer], cv[layer]
+            new_cache = (ck, cv)
+        elif kv_cache is not None:
             ck, cv = kv_cache
             start = (0, index, 0, 0)
             k_BxSxGxK = jax.lax.dynamic_update_slice(ck, k_BxTxGxK.astype(ck.dtype), start)
@@ -381,17 +391,15 @@ class Transformer(nnx.Module):
 
             x, new_kv = jax.lax.scan(body, x, (state, kv))
         else:
-            new_ks, new_vs = [], []
             for i, block in enumerate(self.layers):
                 graphdef, state = nnx.split(block)
-                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                layer_kv = None if kv is None else (kv[0], kv[1], i)
                 x, out_kv = _block_fn(graphdef, cfg.remat)(
                     state, x, mask_BxTxS, rope, layer_kv, index
                 )
                 if out_kv is not None:
-                    new_ks.append(out_kv[0])
-                    new_vs.append(out_kv[1])
-            new_kv = None if kv is None else (jnp.stack(new_ks), jnp.stack(new_vs))
+                    kv = out_kv
+            new_kv = kv
         h = self.final_norm(x)
         new_cache = None
         if cache is not None:
