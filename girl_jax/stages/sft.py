@@ -250,19 +250,20 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         return out
 
     last = {}
-    skipped, refused = 0, 0.0
+    skipped, refused = 0, -1
     for step in range(start, cfg.steps):
         batch = state_mod.put_batch(_trim(next(it)), mesh)
         state, m = step_fn(state, batch, common.fold_rng(config.seed, "sft", step))
         done = step + 1
-        # Count refused updates on device (no per-step host sync); checked at each log step.
-        refused = refused + (1.0 - m["finite"])
+        # The first refused step since the last log, tracked on device (no per-step sync).
+        refused = jnp.where((refused < 0) & (m["finite"] < 0.5), done, refused)
         if done % cfg.log_every == 0 or done == cfg.steps:
             m = common.host(m)
-            if float(refused) > 0:
+            bad_step = int(refused)
+            if bad_step >= 0:
                 m["finite"] = 0.0  # a step since the last log was refused
-            refused = 0.0
-            skipped += common.check_finite(m, "sft", done)
+            refused = -1
+            skipped += common.check_finite(m, "sft", bad_step if bad_step >= 0 else done)
             writer.write(done, {**m, "skipped_updates": skipped})
             bar.update(done, f"loss {m['loss']:.3f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
