@@ -135,6 +135,8 @@ def get_config(arg=None):
         keep=2,
         on_nonfinite="stop",  # stop | skip
     )
+    # Optional Weights & Biases mirror of every stage's metrics (needs `pip install wandb`).
+    c.wandb = dict(enabled=False, project="girl_jax", entity="", mode="", group="")
     c.generate = dict(greedy=True, temperature=1.0, top_k=0, top_p=1.0, batch_size=128)
     c.recommend = dict(
         encoder=dict(

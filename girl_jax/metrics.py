@@ -67,8 +67,16 @@ class MetricWriter:
     resumed run's log equals an uninterrupted one.
     """
 
-    def __init__(self, stage_dir: str, *, resume_step: int | None = None, enabled: bool = True):
+    def __init__(
+        self,
+        stage_dir: str,
+        *,
+        resume_step: int | None = None,
+        enabled: bool = True,
+        mirror=None,
+    ):
         self.enabled = enabled
+        self.mirror = mirror  # e.g. wandb_writer.WandbWriter: same write / text / close
         self.path = os.path.join(stage_dir, "metrics.jsonl")
         self._tb = None
         if not enabled:
@@ -107,14 +115,20 @@ class MetricWriter:
                 self._tb.add_scalar(k, f, int(step))
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
+        if self.mirror is not None:
+            self.mirror.write(step, metrics)
 
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
             self._tb.add_text(tag, text, int(step))
+            if self.mirror is not None:
+                self.mirror.text(step, tag, text)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 def read_metrics(stage_dir: str) -> list[dict]:

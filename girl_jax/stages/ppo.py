@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from girl_jax import preemption
+from girl_jax import preemption, wandb_writer
 from girl_jax.errors import ConfigError
 from girl_jax.rl import advantages as adv_mod
 from girl_jax.rl import kl as kl_mod
@@ -486,7 +486,12 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         start_eval, start_texts = evaluate(state.actor.params)
         if jax.process_index() == 0:
             ckpt_mod.write_json_atomic(start_eval_path, {**start_eval, "samples": start_texts[:8]})
-    writer = metrics_mod.MetricWriter(out_dir, resume_step=start, enabled=jax.process_index() == 0)
+    writer = metrics_mod.MetricWriter(
+        out_dir,
+        resume_step=start,
+        enabled=jax.process_index() == 0,
+        mirror=wandb_writer.from_config(config, "ppo", workdir),
+    )
     if not start:
         writer.write(0, start_eval)
     bar = metrics_mod.Progress(cfg.iterations, "ppo", start=start)

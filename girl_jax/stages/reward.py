@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from girl_jax import preemption
+from girl_jax import preemption, wandb_writer
 from girl_jax.errors import ConfigError
 from girl_jax.stages import common
 
@@ -239,7 +239,12 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     if start:
         state, extra = ckpt.restore(start, ckpt_mod.abstract_like(state))
         it.set_state(extra["data_iterator"])
-    writer = metrics_mod.MetricWriter(out_dir, resume_step=start, enabled=jax.process_index() == 0)
+    writer = metrics_mod.MetricWriter(
+        out_dir,
+        resume_step=start,
+        enabled=jax.process_index() == 0,
+        mirror=wandb_writer.from_config(config, "reward", workdir),
+    )
     bar = metrics_mod.Progress(cfg.steps, "reward", start=start)
 
     val_df = data.split("validation")
