@@ -29,7 +29,7 @@ smoke: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check girl_jax tests configs benchmarks scripts
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -q --timeout 600
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -q --timeout 1800
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check girl_jax tests configs benchmarks scripts

@@ -23,6 +23,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON to a temp file in the same directory, then rename: never half-written."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             # Strict JSON: NaN / Inf become null so jq and JavaScript can read every file.

@@ -327,6 +327,7 @@ def write_parquet_atomic(data, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
             pq.write_table(table, f)

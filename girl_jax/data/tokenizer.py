@@ -38,6 +38,7 @@ _PAD_NAMES = (PAD, "[PAD]", "<|pad|>")
 
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

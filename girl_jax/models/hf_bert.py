@@ -351,6 +351,7 @@ def bert_tensors(model: BertEncoder) -> dict[str, np.ndarray]:
 
 def _atomic_write(target: str, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
     os.close(fd)
     try:
         write(tmp)
