@@ -26,7 +26,10 @@ SETTINGS = dict(
 texts = st.text(min_size=1, max_size=30).filter(lambda t: t.strip() and "\x00" not in t)
 record = st.fixed_dictionaries(
     {"cv": texts, "jd": texts, "label": st.sampled_from([0, 1])},
-    optional={"seeker_id": st.integers(0, 99).map(str), "split": st.sampled_from(["train", "test"])},
+    optional={
+        "seeker_id": st.integers(0, 99).map(str),
+        "split": st.sampled_from(["train", "test"]),
+    },
 )
 records = st.lists(record, min_size=1, max_size=5)
 
