@@ -9,6 +9,7 @@ Writes WORKDIR/recommend/<feature>_<predictor>_s<seed>/{metrics.jsonl, eval.json
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -86,22 +87,24 @@ def encode_table(tok, texts, max_len: int):
 # ---------------------------------------------------------------- loss and steps
 
 
-def logits_fn(params, graphdef, tables, batch, rest=None):
+def logits_fn(params, graphdef, tables, batch, rest=None, *, order):
     """Gather the texts of each interaction from the device tables and score them."""
-    ids = jnp.stack([tables[f"{name}_ids"][batch[f"{name}_idx"]] for name in tables["order"]])
-    mask = jnp.stack([tables[f"{name}_mask"][batch[f"{name}_idx"]] for name in tables["order"]])
+    ids = jnp.stack([tables[f"{name}_ids"][batch[f"{name}_idx"]] for name in order])
+    mask = jnp.stack([tables[f"{name}_mask"][batch[f"{name}_idx"]] for name in order])
     states = (params,) if rest is None else (params, rest)  # rest: dropout RNG state
     return nnx.merge(graphdef, *states)(ids, mask)
 
 
-def loss_fn(params, graphdef, tables, batch, rest=None):
-    logits = logits_fn(params, graphdef, tables, batch, rest)
+def loss_fn(params, graphdef, tables, batch, rest=None, *, order):
+    logits = logits_fn(params, graphdef, tables, batch, rest, order=order)
     return optax.sigmoid_binary_cross_entropy(logits, batch["label"]).mean()
 
 
-def train_step(state, tables, batch, rng, *, graphdef, tx):
+def train_step(state, tables, batch, rng, *, graphdef, tx, order):
     del rng
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, graphdef, tables, batch, state.rest)
+    loss, grads = jax.value_and_grad(loss_fn)(
+        state.params, graphdef, tables, batch, state.rest, order=order
+    )
     new = state.apply_gradients(grads, tx)
     finite = common.all_finite(loss, grads)
     return common.select_tree(finite, new, state), dict(
@@ -109,8 +112,8 @@ def train_step(state, tables, batch, rng, *, graphdef, tx):
     )
 
 
-def predict_step(params, rest, tables, batch, *, graphdef):
-    return logits_fn(params, graphdef, tables, batch, rest)
+def predict_step(params, rest, tables, batch, *, graphdef, order):
+    return logits_fn(params, graphdef, tables, batch, rest, order=order)
 
 
 # ---------------------------------------------------------------- driver
@@ -185,11 +188,10 @@ def train_one(
         return json.load(open(eval_path))
     bcfg, pretrained, _ = tables_np["encoder"]
     order = ("cv", "jd", *FEATURE_SETS[feature])
-    tables = {"order": order}
+    tables = {}  # device-resident token tables; batches carry only row indices
     for name in order:
         tables[f"{name}_ids"] = jnp.asarray(tables_np[f"{name}_ids"])
         tables[f"{name}_mask"] = jnp.asarray(tables_np[f"{name}_mask"])
-    static_order = tables.pop("order")
 
     def model_fn(rngs):
         return Recommender(
@@ -212,20 +214,12 @@ def train_one(
         grad_clip=1.0,
     )
     graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules, seed=seed)
-    tables_arg = {"order": static_order, **tables}
     step = jax.jit(
-        lambda s, t, b, r: train_step(
-            s, {**t, "order": static_order}, b, r, graphdef=graphdef, tx=tx
-        ),
+        functools.partial(train_step, graphdef=graphdef, tx=tx, order=order),
         donate_argnums=(0,),
     )
-    predict = jax.jit(
-        lambda p, t, b: predict_step(
-            p, state_rest, {**t, "order": static_order}, b, graphdef=graphdef
-        )
-    )
-    state_rest = state.rest
-    del tables_arg
+    predict_fn = jax.jit(functools.partial(predict_step, graphdef=graphdef, order=order))
+    predict = lambda p, t, b: predict_fn(p, state.rest, t, b)  # noqa: E731
 
     def scores(params, split):
         arr = splits[split]
