@@ -20,6 +20,7 @@ layout: ``[0, P)`` prompt, ``[P, P + N)`` generated tokens; positions are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -51,6 +52,7 @@ class SamplingConfig:
     top_p: float = 1.0
     greedy: bool = False
     early_stop: bool = True
+    cache_chunks: int | None = None  # None: min(4, max_new_tokens // 32), at least 1
 
     def __post_init__(self):
         def bad(field, want):
@@ -69,6 +71,10 @@ class SamplingConfig:
             bad("top_k", "an int >= 0 (0 disables)")
         if not 0 < self.top_p <= 1:
             bad("top_p", "in (0, 1] (1 disables)")
+        if self.cache_chunks is not None and (
+            not _is_int(self.cache_chunks) or self.cache_chunks < 1
+        ):
+            bad("cache_chunks", "None or an int >= 1")
 
 
 def _is_int(x) -> bool:
@@ -117,16 +123,80 @@ def prompt_positions(prompt_mask_BxP: Array) -> Array:
     return jnp.maximum(jnp.cumsum(prompt_mask_BxP.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def _block_size(vocab: int) -> int:
+    """A power of two near sqrt(vocab): both stages of `_inverse_cdf` stay short."""
+    return 1 << max(0, (vocab - 1).bit_length() + 1) // 2
+
+
+def _inverse_cdf(weights_BxV: Array, u_Bx1: Array) -> Array:
+    """Index i with probability ``weights[i] / sum(weights)`` per row, one uniform per row.
+
+    Two stages (a block of ~sqrt(V) entries by its mass, then the entry inside the block), so
+    no cumulative sum over the whole vocabulary (XLA's CPU cumsum over 8192 entries costs
+    more than the rest of a decode step's sampling together). A zero weight is never chosen:
+    the search only stops on entries with positive weight, and the target is clamped below
+    the mass it searches, so float rounding cannot push it past the end.
+    """
+    B, V = weights_BxV.shape
+    blk = _block_size(V)
+    nb = -(-V // blk)
+    if nb * blk != V:
+        weights_BxV = jnp.pad(weights_BxV, ((0, 0), (0, nb * blk - V)))
+    w_BxNxK = weights_BxV.reshape(B, nb, blk)
+    mass_BxN = jnp.sum(w_BxNxK, axis=-1)
+    cum_BxN = jnp.cumsum(mass_BxN, axis=-1)
+    total_Bx1 = cum_BxN[:, -1:]
+    target_Bx1 = jnp.minimum(u_Bx1 * total_Bx1, jnp.nextafter(total_Bx1, 0))
+    block_B = _first(cum_BxN > target_Bx1, mass_BxN > 0)
+    w_BxK = jnp.take_along_axis(w_BxNxK, block_B[:, None, None], axis=1)[:, 0]
+    cum_BxK = jnp.cumsum(w_BxK, axis=-1)
+    before_Bx1 = jnp.take_along_axis(cum_BxN - mass_BxN, block_B[:, None], axis=1)
+    rest_Bx1 = jnp.clip(target_Bx1 - before_Bx1, 0, jnp.nextafter(cum_BxK[:, -1:], 0))
+    return block_B * blk + _first(cum_BxK > rest_Bx1, w_BxK > 0)
+
+
+def _first(hit_BxN: Array, allowed_BxN: Array) -> Array:
+    """First column where both hold (the last allowed column if none: rounding only)."""
+    N = hit_BxN.shape[-1]
+    col = jnp.arange(N, dtype=jnp.int32)
+    last = jnp.max(jnp.where(allowed_BxN, col, 0), axis=-1)
+    return jnp.minimum(jnp.min(jnp.where(hit_BxN & allowed_BxN, col, N), axis=-1), last)
+
+
+def _argmax(x_BxV: Array, max_Bx1: Array) -> Array:
+    """`jnp.argmax` (first maximum) as two plain reductions: XLA's CPU argmax (a variadic
+    reduce) is ~4x slower on 32 x 8192."""
+    col = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(x_BxV == max_Bx1, col, x_BxV.shape[-1]), axis=-1)
+
+
 def _choose(logits_BxV: Array, key: Array, cfg: SamplingConfig) -> tuple[Array, Array]:
-    scaled_BxV = logits_BxV.astype(jnp.float32) / cfg.temperature
-    logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
+    """(token, log-prob of the token under ``log_softmax(logits / temperature)``).
+
+    Sampling draws one uniform per row and inverts the CDF of the (filtered) softmax: the
+    same distribution as `jax.random.categorical`, whose Gumbel noise costs two logs and
+    32 random bits per vocabulary entry (~8 ms of a ~30 ms decode step at 32 x 8192).
+    """
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    scaled_BxV = logits_BxV if cfg.temperature == 1.0 else logits_BxV / cfg.temperature
+    max_Bx1 = jnp.max(scaled_BxV, axis=-1, keepdims=True)
+    shifted_BxV = scaled_BxV - max_Bx1
+    exp_BxV = jnp.exp(shifted_BxV)
+    log_norm_B = jnp.log(jnp.sum(exp_BxV, axis=-1))  # as in jax.nn.log_softmax
     if cfg.greedy:
-        token_B = jnp.argmax(logits_BxV, axis=-1)
+        # On the raw logits: dividing by a temperature may round two of them into a tie.
+        raw_max_Bx1 = max_Bx1 if cfg.temperature == 1.0 else jnp.max(logits_BxV, -1, keepdims=True)
+        token_B = _argmax(logits_BxV, raw_max_Bx1)
     else:
-        filtered_BxV = filter_logits(scaled_BxV, cfg.top_k, cfg.top_p)
-        token_B = jax.random.categorical(key, filtered_BxV, axis=-1)
+        weights_BxV = exp_BxV
+        if cfg.top_k or cfg.top_p < 1.0:
+            keep_BxV = jnp.isfinite(filter_logits(scaled_BxV, cfg.top_k, cfg.top_p))
+            weights_BxV = jnp.where(keep_BxV, exp_BxV, 0.0)
+        u_Bx1 = jax.random.uniform(key, (logits_BxV.shape[0], 1), jnp.float32)
+        token_B = _inverse_cdf(weights_BxV, u_Bx1)
     token_B = token_B.astype(jnp.int32)
-    return token_B, jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+    picked_B = jnp.take_along_axis(shifted_BxV, token_B[:, None], axis=-1)[:, 0]
+    return token_B, picked_B - log_norm_B
 
 
 class _Loop(NamedTuple):
@@ -141,6 +211,37 @@ class _Loop(NamedTuple):
     mask_BxN: Array
 
 
+def decode_chunks(cfg: SamplingConfig) -> tuple[tuple[int, int], ...]:
+    """The decode steps ``[start, stop)`` run against one cache size, ``P + stop`` slots.
+
+    A decode step reads every slot of its cache, written or not: with one cache of
+    ``P + N`` slots from the start, the first steps read up to N slots for nothing (on CPU
+    the attention reads are memory-bound: ~30% of a bench-small step at P=64, N=128).
+    Growing the cache in ``k`` chunks cuts that read to ~``P + N (k + 1) / (2k)`` slots on
+    average, for one cache copy and one more compiled loop body per chunk.
+    """
+    N = cfg.max_new_tokens
+    k = cfg.cache_chunks if cfg.cache_chunks is not None else max(1, min(4, N // 32))
+    k = max(1, min(k, N))
+    bounds = [round(N * j / k) for j in range(k + 1)]
+    return tuple((a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+
+
+def _grow_cache(cache: Any, init_cache_fn: InitCacheFn, batch: int, max_len: int) -> Any:
+    """A cache of `max_len` slots holding `cache`'s contents at the same slots.
+
+    Leaves whose shape does not depend on the length (the write index) are carried over;
+    the others are copied into the zeros of the bigger cache at offset 0 on every axis.
+    """
+
+    def grow(new, old):
+        if new.shape == old.shape:
+            return old
+        return lax.dynamic_update_slice(new, old.astype(new.dtype), (0,) * new.ndim)
+
+    return jax.tree.map(grow, init_cache_fn(batch, max_len), cache)
+
+
 def sample(
     step_fn: StepFn,
     init_cache_fn: InitCacheFn,
@@ -152,23 +253,26 @@ def sample(
 ) -> SampleOutput:
     """Generate up to ``cfg.max_new_tokens`` tokens per left-padded prompt (jittable).
 
-    Deterministic given `rng`: step i draws with ``fold_in(rng, i)``.
+    Deterministic given `rng`: step i draws with ``fold_in(rng, i)``. The cache grows in
+    chunks (`decode_chunks`): `init_cache_fn` is called once per chunk, and a bigger cache
+    must hold a smaller one's slots at the same indices (zeros elsewhere).
     """
     B, P = prompt_ids_BxP.shape
     N = cfg.max_new_tokens
+    chunks = decode_chunks(cfg)
     prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
-    cache = init_cache_fn(B, P + N)
     kv_mask_BxS = jnp.concatenate([prompt_mask_BxP, jnp.zeros((B, N), jnp.int32)], axis=1)
+    S0 = P + chunks[0][1]
     logits_BxPxV, cache = step_fn(
         params,
         prompt_ids_BxP.astype(jnp.int32),
-        kv_mask_BxS,
+        kv_mask_BxS[:, :S0],
         prompt_positions(prompt_mask_BxP),
-        cache,
+        init_cache_fn(B, S0),
     )
     eos = -1 if cfg.eos_id is None else cfg.eos_id
 
-    def body(s: _Loop) -> _Loop:
+    def body(s: _Loop, S: int) -> _Loop:
         token_B, logp_B = _choose(s.logits_BxV, jax.random.fold_in(rng, s.i), cfg)
         alive_B = ~s.done_B
         token_B = jnp.where(alive_B, token_B, cfg.pad_id)
@@ -184,7 +288,7 @@ def sample(
             s.kv_mask_BxS, jnp.ones((B, 1), jnp.int32), (0, P + s.i)
         )
         logits_Bx1xV, cache = step_fn(
-            params, token_B[:, None], kv_mask_BxS, s.next_pos_B[:, None], s.cache
+            params, token_B[:, None], kv_mask_BxS[:, :S], s.next_pos_B[:, None], s.cache
         )
         return _Loop(
             s.i + 1,
@@ -198,11 +302,11 @@ def sample(
             mask_BxN,
         )
 
-    def cond(s: _Loop) -> Array:
-        more = s.i < N
+    def cond(s: _Loop, stop: int) -> Array:
+        more = s.i < stop
         return more & ~jnp.all(s.done_B) if cfg.early_stop else more
 
-    init = _Loop(
+    state = _Loop(
         i=jnp.zeros((), jnp.int32),
         logits_BxV=logits_BxPxV[:, -1].astype(jnp.float32),
         cache=cache,
@@ -213,7 +317,14 @@ def sample(
         logprobs_BxN=jnp.zeros((B, N), jnp.float32),
         mask_BxN=jnp.zeros((B, N), jnp.int32),
     )
-    out = lax.while_loop(cond, body, init)
+    for j, (_, stop) in enumerate(chunks):
+        S = P + stop
+        if j:
+            state = state._replace(cache=_grow_cache(state.cache, init_cache_fn, B, S))
+        state = lax.while_loop(
+            functools.partial(cond, stop=stop), functools.partial(body, S=S), state
+        )
+    out = state
     has_eos_B = jnp.any((out.tokens_BxN == eos) & (out.mask_BxN > 0), axis=1)
     return SampleOutput(
         tokens=out.tokens_BxN,
@@ -288,7 +399,13 @@ def decoder_fns(graphdef, decoder_config=None, cache_dtype=None) -> tuple[StepFn
             )
         # init_cache reads only `self.cfg`: no need to build (or own) the parameters.
         holder = types.SimpleNamespace(cfg=dcfg)
-        return decoder_mod.Transformer.init_cache(holder, batch_size, max_len, cache_dtype)
+        # Per-layer head-major caches: a decode step writes each layer's new slot in place and
+        # attends over it as stored (the stacked [L, B, S, G, K] cache cost a slice + transpose
+        # copy of every layer per token). Scanned layers need the stacked one.
+        layout = "stacked" if dcfg.scan_layers else "per_layer"
+        return decoder_mod.Transformer.init_cache(
+            holder, batch_size, max_len, cache_dtype, layout=layout
+        )
 
     return step_fn, init_cache_fn
 

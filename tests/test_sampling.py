@@ -342,3 +342,150 @@ def test_real_decoder_too_long_is_config_error():
     ids, mask = left_padded_prompts(0, batch=2, width=4)
     with pytest.raises(ConfigError, match="max_len"):
         run(state, ids, mask, jax.random.key(0))
+
+
+# The inverse-CDF draw (one uniform per row, two-stage search over blocks of the vocabulary).
+
+
+def _grid_counts(weights, n_grid):
+    """How many of the uniforms (i + 0.5) / n_grid each token receives: its exact share."""
+    u = (np.arange(n_grid, dtype=np.float64) + 0.5) / n_grid
+    w = jnp.broadcast_to(jnp.asarray(weights, jnp.float32), (n_grid, len(weights)))
+    tokens = jax.jit(sampling._inverse_cdf)(w, jnp.asarray(u, jnp.float32)[:, None])
+    return np.bincount(np.asarray(tokens), minlength=len(weights))
+
+
+@pytest.mark.parametrize("vocab", [1, 5, 64, 300, 1027])
+def test_inverse_cdf_gives_each_token_its_share_of_a_uniform_grid(vocab):
+    rng = np.random.default_rng(vocab)
+    weights = rng.gamma(0.3, size=vocab).astype(np.float32)
+    weights[rng.random(vocab) < 0.3] = 0.0  # filtered-out tokens, at block edges too
+    if vocab > 2:
+        weights[[0, -1]] = 0.0
+    weights[rng.integers(vocab)] += 1.0  # at least one positive weight
+    n_grid = 200_000
+    counts = _grid_counts(weights / 7.0, n_grid)  # any scale: the draw normalises
+    assert np.all(counts[weights == 0] == 0)
+    # Each token owns an interval of u of length p: at most one grid point either side,
+    # plus float32 rounding of the cumulative sums.
+    np.testing.assert_allclose(counts, n_grid * weights / weights.sum(), atol=2 + 1e-5 * n_grid)
+
+
+def test_inverse_cdf_edges_never_pick_a_zero_weight():
+    w = np.zeros((4, 300), np.float32)
+    w[0, 7] = 1.0  # one token
+    w[1, [31, 32]] = [1e-30, 1.0]  # a tiny weight at a block boundary
+    w[2, 299] = 3.0  # the last token only
+    w[3, :] = 1.0
+    for u in (0.0, 1e-7, 0.5, 1.0 - 2**-24):
+        got = np.asarray(sampling._inverse_cdf(jnp.asarray(w), jnp.full((4, 1), u, jnp.float32)))
+        assert got[0] == 7 and got[2] == 299, (u, got)
+        assert got[1] in (31, 32) and w[1, got[1]] > 0, (u, got)
+    lo = sampling._inverse_cdf(jnp.asarray(w[3:]), jnp.zeros((1, 1)))
+    hi = sampling._inverse_cdf(jnp.asarray(w[3:]), jnp.full((1, 1), 1.0 - 2**-24))
+    assert int(lo[0]) == 0 and int(hi[0]) == 299
+
+
+def test_argmax_is_jnp_argmax_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=(64, 300)).astype(np.float32)  # many ties: first one wins
+    x[3] = -np.inf
+    x[4, 17] = np.inf
+    xj = jnp.asarray(x)
+    got = sampling._argmax(xj, jnp.max(xj, -1, keepdims=True))
+    np.testing.assert_array_equal(got, np.argmax(x, -1))
+
+
+def test_sampling_frequencies_large_vocab_through_the_sampler():
+    """A 300-token distribution (several blocks) with top-k filtering, drawn by the sampler."""
+    vocab, n = 300, 20_000
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1.5, vocab).astype(np.float32)
+    table = np.zeros((vocab, vocab), np.float32)
+    table[0] = logits
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=1, eos_id=None, pad_id=0, temperature=1.5, top_k=40
+    )
+    out = sampling.make_sampler(bigram_step, bigram_cache, cfg)(
+        jnp.asarray(table),
+        np.zeros((n, 1), np.int32),
+        np.ones((n, 1), np.int32),
+        jax.random.key(3),
+    )
+    tokens = np.asarray(out.tokens)[:, 0]
+    scaled = logits / 1.5
+    kept = scaled >= np.sort(scaled)[-40]
+    probs = np.where(kept, np.exp(scaled - scaled.max()), 0.0)
+    probs /= probs.sum()
+    counts = np.bincount(tokens, minlength=vocab)
+    # df = 39: mean 39, sd ~8.8; 100 is far beyond the 0.9999 quantile (~80).
+    assert chi_square(counts, probs) < 100.0
+    logp_ref = scaled - np.log(np.exp(scaled - scaled.max()).sum()) - scaled.max()
+    np.testing.assert_allclose(np.asarray(out.logprobs)[:, 0], logp_ref[tokens], atol=1e-5)
+
+
+# Growing the cache in chunks (`cache_chunks`) must not change what is generated.
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_cache_chunks_do_not_change_tokens(greedy):
+    params = toy_params(6)
+    ids, mask = left_padded_prompts(6)
+    base = dict(max_new_tokens=11, eos_id=None, pad_id=0, greedy=greedy, early_stop=False)
+    outs = [
+        sampling.make_sampler(
+            toy_step, toy_init_cache, sampling.SamplingConfig(**base, cache_chunks=k)
+        )(params, ids, mask, jax.random.key(9))
+        for k in (1, 3, 11)
+    ]
+    assert sampling.decode_chunks(sampling.SamplingConfig(**base, cache_chunks=3)) == (
+        (0, 4),
+        (4, 7),
+        (7, 11),
+    )
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.tokens, outs[0].tokens)
+        np.testing.assert_allclose(out.logprobs, outs[0].logprobs, atol=1e-5)
+    if greedy:
+        ref, _ = reference_greedy(params, ids, mask, 11, eos_id=-1, pad_id=0)
+        np.testing.assert_array_equal(outs[1].tokens, ref)
+
+
+def test_default_cache_chunks():
+    def chunks(n):
+        return sampling.decode_chunks(
+            sampling.SamplingConfig(max_new_tokens=n, eos_id=None, pad_id=0)
+        )
+
+    assert chunks(8) == ((0, 8),)
+    assert chunks(64) == ((0, 32), (32, 64))
+    assert chunks(128) == ((0, 32), (32, 64), (64, 96), (96, 128))
+    assert chunks(1000)[-1] == (750, 1000) and len(chunks(1000)) == 4
+    with pytest.raises(ConfigError, match="cache_chunks"):
+        sampling.SamplingConfig(max_new_tokens=3, eos_id=None, pad_id=0, cache_chunks=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_real_decoder_chunked_cache_equals_one_cache(family):
+    from flax import nnx
+
+    from girl_jax.models.decoder import Decoder, DecoderConfig
+
+    dcfg = DecoderConfig(
+        family=family, vocab_size=V, d_model=32, num_layers=2, num_heads=4, max_len=MAXLEN
+    )
+    graphdef, state = nnx.split(Decoder(dcfg, rngs=nnx.Rngs(1)))
+    ids, mask = left_padded_prompts(7)
+    step_fn, init_cache_fn = sampling.decoder_fns(graphdef)
+    base = dict(max_new_tokens=9, eos_id=None, pad_id=0, early_stop=False)
+    for greedy in (True, False):
+        a, b = (
+            sampling.make_sampler(
+                step_fn,
+                init_cache_fn,
+                sampling.SamplingConfig(**base, greedy=greedy, cache_chunks=k),
+            )(state, ids, mask, jax.random.key(2))
+            for k in (1, 4)
+        )
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)

@@ -137,6 +137,10 @@ class DecoderConfig:
         return cls(**d)
 
 
+def _i0() -> jax.Array:
+    return jnp.zeros((), jnp.int32)
+
+
 def _positive(cfg: DecoderConfig, name: str) -> None:
     value = getattr(cfg, name)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -205,7 +209,7 @@ class Attention(nnx.Module):
         self.v_proj = make_proj(cfg, "v_proj", d, kv * k, ("embed", "kv_heads"), b, rngs)
         self.o_proj = make_proj(cfg, "o_proj", h * k, d, ("heads", "embed"), b, rngs)
 
-    def __call__(self, x_BxTxD, mask_BxTxS, rope, kv_cache, index):
+    def __call__(self, x_BxTxD, mask_BxTxS, rope, kv_cache, index, cache_layout=None):
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
         H, KV, K = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -215,6 +219,16 @@ class Attention(nnx.Module):
         if rope is not None:
             q_BxTxHxK = apply_rope(q_BxTxHxK, *rope)
             k_BxTxGxK = apply_rope(k_BxTxGxK, *rope)
+        dtype = x_BxTxD.dtype
+        q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, KV, H // KV, K).astype(dtype)
+        if kv_cache is not None and cache_layout == "per_layer":
+            # This layer's own head-major [B, G, S, K] cache: the new slots are written in place
+            # and the attention dots read it as stored (no per-step slice or transpose copy).
+            ck, cv = kv_cache
+            start = (0, 0, index, 0)
+            ck = jax.lax.dynamic_update_slice(ck, _heads_first(k_BxTxGxK, ck.dtype), start)
+            cv = jax.lax.dynamic_update_slice(cv, _heads_first(v_BxTxGxK, cv.dtype), start)
+            return self._attend(q_BxTxGxRxK, ck, cv, mask_BxTxS, "bgsk"), (ck, cv)
         if kv_cache is not None and len(kv_cache) == 3:
             # The whole stacked cache and this layer's index: write the new slots in place and
             # read the layer back, so a decode step never copies the cache (the stacked-slices
@@ -233,23 +247,32 @@ class Attention(nnx.Module):
             new_cache = (k_BxSxGxK, v_BxSxGxK)
         else:
             k_BxSxGxK, v_BxSxGxK, new_cache = k_BxTxGxK, v_BxTxGxK, None
-        dtype = x_BxTxD.dtype
-        q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, KV, H // KV, K)
+        out = self._attend(q_BxTxGxRxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, "bsgk")
+        return out, new_cache
+
+    def _attend(self, q_BxTxGxRxK, k, v, mask_BxTxS, kv_dims):
+        """Softmax attention; `kv_dims` names the key / value layout ("bsgk" or "bgsk")."""
+        B, T, G, R, K = q_BxTxGxRxK.shape
+        dtype = q_BxTxGxRxK.dtype
         scores = jnp.einsum(
-            "btgrk,bsgk->bgrts",
-            q_BxTxGxRxK.astype(dtype),
-            k_BxSxGxK.astype(dtype),
+            f"btgrk,{kv_dims}->bgrts",
+            q_BxTxGxRxK,
+            k.astype(dtype),
             preferred_element_type=jnp.float32,
         ) / jnp.sqrt(jnp.float32(K))
         scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         out_BxTxGxRxK = jnp.einsum(
-            "bgrts,bsgk->btgrk",
+            f"bgrts,{kv_dims}->btgrk",
             probs.astype(dtype),
-            v_BxSxGxK.astype(dtype),
+            v.astype(dtype),
             preferred_element_type=jnp.float32,
         ).astype(dtype)
-        return self.o_proj(out_BxTxGxRxK.reshape(B, T, H * K)), new_cache
+        return self.o_proj(out_BxTxGxRxK.reshape(B, T, G * R * K))
+
+
+def _heads_first(x_BxTxGxK: jax.Array, dtype) -> jax.Array:
+    return jnp.swapaxes(x_BxTxGxK, 1, 2).astype(dtype)
 
 
 class MLP(nnx.Module):
@@ -290,22 +313,24 @@ class Block(nnx.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD, mask_BxTxS, rope, kv_cache, index):
+    def __call__(self, x_BxTxD, mask_BxTxS, rope, kv_cache, index, cache_layout=None):
         # Pin activations at block boundaries (batch over data x fsdp): without it XLA may
         # gather whole stacked weights inside the layer scan (61 GiB/chip for 7B on v5e-256).
         x_BxTxD = constrain(x_BxTxD, ACTIVATION_AXES)
-        h, new_cache = self.attn(self.attn_norm(x_BxTxD), mask_BxTxS, rope, kv_cache, index)
+        h, new_cache = self.attn(
+            self.attn_norm(x_BxTxD), mask_BxTxS, rope, kv_cache, index, cache_layout
+        )
         x_BxTxD = x_BxTxD + h
         x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
         x_BxTxD = constrain(x_BxTxD, ACTIVATION_AXES)
         return x_BxTxD, new_cache
 
 
-def _block_fn(graphdef, remat: bool):
+def _block_fn(graphdef, remat: bool, cache_layout: str | None = None):
     """A pure (block_state, x, mask, rope, kv, index) -> (x, kv) function, rematerialised or not."""
 
     def fn(state, x, mask, rope, kv, index):
-        return nnx.merge(graphdef, state)(x, mask, rope, kv, index)
+        return nnx.merge(graphdef, state)(x, mask, rope, kv, index, cache_layout)
 
     return jax.checkpoint(fn, prevent_cse=False) if remat else fn
 
@@ -340,21 +365,37 @@ class Transformer(nnx.Module):
             self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = make_norm(cfg)
 
-    def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> Cache:
-        """Zeros: k, v [L, B, S, Hkv, Dh] in the compute dtype (or `dtype`), index 0."""
+    def init_cache(
+        self, batch_size: int, max_len: int | None = None, dtype=None, *, layout: str = "stacked"
+    ) -> Cache:
+        """Zeros in the compute dtype (or `dtype`), index 0.
+
+        ``layout="stacked"``: k, v [L, B, S, Hkv, Dh]. ``layout="per_layer"`` (decoding with
+        ``scan_layers=False``): k, v are tuples of L head-major [B, Hkv, S, Dh] arrays, which a
+        decode step updates in place and attends over without copying or transposing them
+        (what `girl_jax.sampling.decoder_fns` uses).
+        """
         cfg = self.cfg
-        shape = (cfg.num_layers, batch_size, max_len or cfg.max_len, cfg.num_kv_heads, cfg.head_dim)
+        S = max_len or cfg.max_len
         dtype = jnp.dtype(dtype or cfg.dtype)
-        return {
-            "k": jnp.zeros(shape, dtype),
-            "v": jnp.zeros(shape, dtype),
-            "index": jnp.zeros((), jnp.int32),
-        }
+        if layout == "per_layer":
+            if cfg.scan_layers:
+                raise ConfigError("init_cache: layout='per_layer' needs scan_layers=False")
+            shape = (batch_size, cfg.num_kv_heads, S, cfg.head_dim)
+            zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+            return {"k": zeros, "v": tuple(jnp.zeros(shape, dtype) for _ in zeros), "index": _i0()}
+        if layout != "stacked":
+            raise ConfigError(
+                f"init_cache: layout must be 'stacked' or 'per_layer', got {layout!r}"
+            )
+        shape = (cfg.num_layers, batch_size, S, cfg.num_kv_heads, cfg.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": _i0()}
 
     def hidden(self, ids_BxT, attention_mask=None, positions=None, cache: Cache | None = None):
         """Final-normed hidden states [B, T, D] and the updated cache (None without one)."""
         cfg = self.cfg
         B, T = ids_BxT.shape
+        per_layer = cache is not None and isinstance(cache["k"], (tuple, list))
         if cache is None:
             if positions is None:
                 positions = default_positions(attention_mask, B, T)
@@ -367,7 +408,7 @@ class Transformer(nnx.Module):
             if positions is None:
                 raise ValueError("Decoder: `positions` [B, T] is required with a cache")
             index = cache["index"]
-            S = cache["k"].shape[2]
+            S = cache["k"][0].shape[2] if per_layer else cache["k"].shape[2]
             slot_S = jnp.arange(S)
             query_T = index + jnp.arange(T)
             mask_BxTxS = jnp.broadcast_to(slot_S[None, :] <= query_T[:, None], (B, T, S))
@@ -381,7 +422,18 @@ class Transformer(nnx.Module):
             rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         x = x.astype(cfg.dtype)
         kv = None if cache is None else (cache["k"], cache["v"])
-        if cfg.scan_layers:
+        if per_layer:
+            if cfg.scan_layers:
+                raise ConfigError("Decoder: a per-layer cache needs scan_layers=False")
+            new_k, new_v = [], []
+            for i, block in enumerate(self.layers):
+                graphdef, state = nnx.split(block)
+                fn = _block_fn(graphdef, cfg.remat, "per_layer")
+                x, (k_i, v_i) = fn(state, x, mask_BxTxS, rope, (kv[0][i], kv[1][i]), index)
+                new_k.append(k_i)
+                new_v.append(v_i)
+            new_kv = (tuple(new_k), tuple(new_v))
+        elif cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
             fn = _block_fn(graphdef, cfg.remat)
 
