@@ -137,14 +137,23 @@ class Graphs:
     actor: Any
     critic: Any
     reward: Any
+    reward_pooling: str = "last"  # how the reward model pools its head (config.reward.pooling)
 
 
 # ---------------------------------------------------------------- pure pieces
 
 
 def response_logits(graphdef, params, ids, mask, prompt_len):
-    """Logits that predict each response token: positions P-1 .. P+N-2 of the full sequence."""
-    logits, _ = nnx.merge(graphdef, params)(ids, mask)
+    """Logits that predict each response token: positions P-1 .. P+N-2 of the full sequence.
+
+    The LM head runs on those positions only (a decoder's `hidden` then `logits`), not on
+    the prompt's: at P = N that halves the head's FLOPs, forward and backward.
+    """
+    model = nnx.merge(graphdef, params)
+    if hasattr(model, "hidden") and hasattr(model, "logits"):
+        h_BxTxD, _ = model.hidden(ids, mask)
+        return model.logits(h_BxTxD[:, prompt_len - 1 : -1])
+    logits, _ = model(ids, mask)
     return logits[:, prompt_len - 1 : -1]
 
 
@@ -153,11 +162,12 @@ def response_values(graphdef, params, ids, mask, prompt_len):
     return values[:, prompt_len - 1 : -1].astype(jnp.float32)
 
 
-def sequence_scores(graphdef, params, ids, mask):
-    from girl_jax.models.heads import last_token_score
+def sequence_scores(graphdef, params, ids, mask, response_mask=None, pooling="last"):
+    """The reward model's score per sequence [B], pooled as it was trained (reward.pooling)."""
+    from girl_jax.models.heads import pooled_score
 
     values, _ = nnx.merge(graphdef, params)(ids, mask)
-    return last_token_score(values, mask).astype(jnp.float32)
+    return pooled_score(values, mask, response_mask, pooling).astype(jnp.float32)
 
 
 def explained_variance(values, returns, mask):
@@ -185,7 +195,10 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
     logp_old = common.token_logprobs(logits, resp, cfg.temperature)
     ref_logits = response_logits(graphs.actor, frozen.reference, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
-    raw_score = sequence_scores(graphs.reward, frozen.reward, ids, mask)
+    resp_full = jnp.concatenate([jnp.zeros_like(prompt_mask), out.mask.astype(mask.dtype)], 1)
+    raw_score = sequence_scores(
+        graphs.reward, frozen.reward, ids, mask, resp_full, graphs.reward_pooling
+    )
     if cfg.needs_critic:
         values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
     else:
@@ -388,7 +401,12 @@ def build(config, workdir: str, data, mesh, rules):
         actor=actor_sh, critic=critic_sh, kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep
     )
     state = jax.device_put(state, shardings)
-    graphs = Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
+    graphs = Graphs(
+        actor=actor_graph,
+        critic=critic_graph,
+        reward=rm_graph,
+        reward_pooling=config.reward.pooling,
+    )
     frozen = Frozen(reference=sft_params, reward=rm_params)
     return cfg, graphs, state, shardings, frozen, (actor_tx, critic_tx, controller)
 
@@ -435,7 +453,11 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         out_shardings=(shardings, None, None),
         donate_argnums=(0,),
     )
-    score_fn = jax.jit(functools.partial(sequence_scores, graphs.reward))
+    score_fn = jax.jit(
+        lambda p, ids, mask, resp: sequence_scores(
+            graphs.reward, p, ids, mask, resp, graphs.reward_pooling
+        )
+    )
 
     seekers = data.seekers("train")
     P = config.sft.max_prompt_len
@@ -464,12 +486,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         )
         from girl_jax.stages.reward import score_dataset
 
-        s = score_dataset(
-            lambda p, i, m: score_fn(p, i, m),
-            frozen.reward,
-            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
-            64,
-        )
+        s = score_dataset(score_fn, frozen.reward, enc, 64)
         out = {"eval_proxy_reward": float(np.mean(s))}
         res = score_texts(data.market, eval_seekers["seeker_id"].to_numpy(), texts)
         out.update({f"eval_{k}": v for k, v in res.items()})
