@@ -30,7 +30,9 @@ def ppo_iteration_flops(cfg, batch: int, prompt: int, new: int, epochs: int) -> 
     """Analytic FLOPs of one iteration (what any implementation must compute)."""
     seq = prompt + new
     sample = bc.decode_flops(cfg, batch, prompt, new)
-    lm_fwd = bc.forward_flops(cfg, batch, seq)  # actor / reference: logits at every position
+    # Actor / reference: the LM head is needed at the `new` positions that predict the
+    # response only (ours computes just those since stages/ppo.py `response_logits` does).
+    lm_fwd = bc.forward_flops(cfg, batch, seq, head_rows=new)
     trunk_fwd = bc.forward_flops(cfg, batch, seq, lm_head=False)  # reward model, critic
     rollout = 2 * lm_fwd + 2 * trunk_fwd
     update = epochs * 3 * (lm_fwd + trunk_fwd)  # forward + backward (2x) for actor and critic
