@@ -7,7 +7,10 @@ Model-agnostic: the caller passes two pure functions,
 
 where the cache tracks its own write index (the T new keys / values go to the next T
 slots) and `kv_mask_BxS` marks the valid slots of the whole cache, the ones written by
-this call included; causal masking by slot is the model's job. The sampler reads only
+this call included; causal masking by slot is the model's job. The decode loop grows the
+cache in chunks (`SamplingConfig.cache_chunks`): `init_cache_fn` is called once per chunk
+and the old cache is copied into the new one at offset 0 on every axis, so a cache's only
+length-dependent axes must be slot axes. The sampler reads only
 the logits of the last input position, so `step_fn` may return just those (``[B, 1, V]``):
 a prefill then never materialises ``[B, P, V]``. `decoder_fns(graphdef)` builds both
 functions for `girl_jax.models.decoder.Decoder` (and does exactly that).
@@ -413,6 +416,7 @@ def decoder_fns(graphdef, decoder_config=None, cache_dtype=None) -> tuple[StepFn
 __all__ = [
     "SampleOutput",
     "SamplingConfig",
+    "decode_chunks",
     "decoder_fns",
     "filter_logits",
     "make_sampler",
