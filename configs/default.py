@@ -81,8 +81,19 @@ def get_config(arg=None):
     )
     c.reward = dict(
         objective="pointwise",  # "pointwise" (BCE on labels) | "pairwise" (Bradley-Terry)
+        # head: "last" (linear on the last token's state, InstructGPT) | "mean" (linear on the
+        # JD tokens' mean state) | "pooled_mlp" (MLP on [last, mean JD, mean CV, JD*CV])
+        head="pooled_mlp",
+        head_hidden=256,
+        # Linear probing first: the head is fitted on features of the frozen SFT trunk, computed
+        # once (epochs are cheap), early-stopped on validation AUC; then `steps` of end-to-end
+        # fine-tuning (0: keep the probed model). See girl_jax/stages/reward_probe.py.
+        probe_epochs=40,
+        probe_batch_size=256,
+        probe_learning_rate=1e-3,
+        probe_patience=5,
         batch_size=32,
-        steps=300,
+        steps=0,
         learning_rate=1e-3,
         warmup_steps=30,
         weight_decay=0.01,
@@ -176,7 +187,9 @@ def get_config(arg=None):
             eval_batches=2,
             log_every=10,
         )
-        c.reward.update(steps=30, batch_size=16, eval_every=15, checkpoint_every=15, log_every=10)
+        c.reward.update(
+            steps=30, probe_epochs=5, batch_size=16, eval_every=15, checkpoint_every=15, log_every=10
+        )
         c.ppo.update(
             iterations=4,
             batch_size=16,

@@ -119,7 +119,6 @@ POSITIVE_KEYS = (
     "sft.max_prompt_len",
     "sft.max_response_len",
     "reward.batch_size",
-    "reward.steps",
     "reward.learning_rate",
     "ppo.iterations",
     "ppo.batch_size",

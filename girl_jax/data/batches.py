@@ -121,7 +121,8 @@ def encode_sft(tokenizer, cvs, jds, *, max_prompt_len: int, max_response_len: in
 
 
 def encode_reward(tokenizer, cvs, jds, labels, *, max_len: int) -> Encoded:
-    """Reward rows: input_ids, attention_mask [N, max_len] int32, label float32, last_index int32.
+    """Reward rows: input_ids, attention_mask, response_mask [N, max_len] int32, label float32,
+    last_index int32 (response_mask is 1 on the JD tokens and its EOS).
 
     When prompt + response exceed `max_len`, the response keeps at least half of it (or all it
     needs) and the CV loses its end first.
@@ -129,13 +130,14 @@ def encode_reward(tokenizer, cvs, jds, labels, *, max_len: int) -> Encoded:
     _check_lengths(cvs, jds, labels)
     head, tail = _template(tokenizer)
     _min_prompt_len(head, tail, "max_len // 2", max_len // 2)
-    rows, cv_cut, jd_cut = [], 0, 0
+    rows, starts, cv_cut, jd_cut = [], [], 0, 0
     for cv_ids, jd_ids in zip(_encode_texts(tokenizer, cvs), _encode_texts(tokenizer, jds)):
         prompt_full = len(head) + len(cv_ids) + len(tail)
         response_budget = min(len(jd_ids) + 1, max(max_len - prompt_full, max_len // 2))
         response, cut_r = _response(jd_ids, tokenizer.eos_id, response_budget)
         prompt, cut_p = _prompt(head, cv_ids, tail, max_len - len(response))
         rows.append(prompt + response)
+        starts.append(len(prompt))
         cv_cut += cut_p
         jd_cut += cut_r
     ids_NxL, mask_NxL = _fill(rows, max_len, tokenizer.pad_id)
@@ -143,9 +145,13 @@ def encode_reward(tokenizer, cvs, jds, labels, *, max_len: int) -> Encoded:
     if not np.all((labels_N == 0) | (labels_N == 1)):
         raise DataError("batches: labels must be 0 or 1")
     stats = {"rows": len(rows), "cv_truncated": cv_cut, "jd_truncated": jd_cut}
+    starts_N = np.asarray(starts, np.int32).reshape(-1, 1)
     arrays = {
         "input_ids": ids_NxL,
         "attention_mask": mask_NxL,
+        "response_mask": (mask_NxL.astype(bool) & (np.arange(max_len) >= starts_N)).astype(
+            np.int32
+        ),
         "label": labels_N,
         "last_index": (mask_NxL.sum(axis=1) - 1).astype(np.int32),
     }

@@ -15,7 +15,7 @@ from flax import nnx
 
 from girl_jax.errors import ModelError
 from girl_jax.models.decoder import Cache, Decoder, DecoderConfig, Transformer
-from girl_jax.models.layers import Linear
+from girl_jax.models.layers import LayerNorm, Linear
 
 TRUNK_KEYS = ("embed", "pos_embed", "layers", "final_norm")
 
@@ -72,6 +72,88 @@ def last_token_score(values_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
     T = values_BxT.shape[-1]
     idx_B = jnp.max(jnp.where(mask_BxT.astype(bool), jnp.arange(T), 0), axis=-1)
     return jnp.take_along_axis(values_BxT, idx_B[:, None], axis=-1)[:, 0]
+
+
+REWARD_HEADS = ("last", "mean", "pooled_mlp")
+
+
+def pool_features(
+    h_BxTxD: jax.Array, mask_BxT: jax.Array, response_mask_BxT=None, head: str = "last"
+) -> jax.Array:
+    """Sequence features [B, F] float32 from trunk states for a reward head.
+
+    `last`: the state at the last valid token (F = D). `mean`: the mean state over the response
+    (JD) tokens (F = D). `pooled_mlp`: [last, mean JD, mean CV, mean JD * mean CV] (F = 4D).
+    """
+    h = h_BxTxD.astype(jnp.float32)
+    T = h.shape[1]
+    idx_B = jnp.max(jnp.where(mask_BxT.astype(bool), jnp.arange(T), 0), axis=-1)
+    last = jnp.take_along_axis(h, idx_B[:, None, None], axis=1)[:, 0]
+    if head == "last":
+        return last
+    if response_mask_BxT is None:
+        raise ModelError(f"reward head {head!r} needs the response mask")
+    valid = mask_BxT.astype(bool)
+    r = (response_mask_BxT.astype(bool) & valid).astype(jnp.float32)[..., None]
+    mean_jd = (h * r).sum(1) / jnp.maximum(r.sum(1), 1.0)
+    if head == "mean":
+        return mean_jd
+    c = (valid[..., None] & (r == 0)).astype(jnp.float32)
+    mean_cv = (h * c).sum(1) / jnp.maximum(c.sum(1), 1.0)
+    return jnp.concatenate([last, mean_jd, mean_cv, mean_jd * mean_cv], axis=-1)
+
+
+class RewardHead(nnx.Module):
+    """Pooled features [B, F] -> score [B]: linear (`last`, `mean`) or a one-hidden-layer MLP."""
+
+    def __init__(self, d_model: int, head: str, hidden: int, *, rngs: nnx.Rngs):
+        if head not in REWARD_HEADS:
+            raise ModelError(f"reward head must be one of {REWARD_HEADS}, got {head!r}")
+        self.head = head
+        width = 4 * d_model if head == "pooled_mlp" else d_model
+        zero = nnx.initializers.zeros_init()
+        if head == "pooled_mlp":
+            self.norm = LayerNorm(width, axes=(None,), rngs=rngs)
+            self.hidden = Linear(width, hidden, axes=(None, "mlp"), rngs=rngs, dtype=jnp.float32)
+            self.out = Linear(hidden, 1, axes=("mlp", None), rngs=rngs, kernel_init=zero)
+        else:
+            self.out = Linear(width, 1, axes=(None, None), rngs=rngs, kernel_init=zero)
+
+    def __call__(self, feats_BxF: jax.Array) -> jax.Array:
+        x = feats_BxF.astype(jnp.float32)
+        if self.head == "pooled_mlp":
+            x = jax.nn.gelu(self.hidden(self.norm(x)))
+        return self.out(x)[..., 0]
+
+
+class RewardModel(Transformer):
+    """Decoder trunk + `reward_head` on pooled states: one score per (CV, JD) sequence.
+
+    `head="last"` is the InstructGPT / lm-human-preferences reward (linear on the last token).
+    `mean` averages the JD tokens' states (each attended to the CV); `pooled_mlp` adds the CV's
+    mean state and its product with the JD's, read by a small MLP.
+    """
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, head="last", head_hidden=256):
+        super().__init__(cfg, rngs=rngs)
+        self.reward_head = RewardHead(cfg.d_model, head, head_hidden, rngs=rngs)
+
+    def features(self, ids_BxT, attention_mask, response_mask=None, positions=None):
+        h, _ = self.hidden(ids_BxT, attention_mask, positions)
+        return pool_features(h, attention_mask, response_mask, self.reward_head.head)
+
+    def __call__(self, ids_BxT, attention_mask, response_mask=None, positions=None):
+        """Returns (scores [B] float32, {"features": [B, F]})."""
+        f = self.features(ids_BxT, attention_mask, response_mask, positions)
+        return self.reward_head(f), {"features": f}
+
+
+def sequence_score(model, ids_BxT, mask_BxT, response_mask_BxT=None) -> jax.Array:
+    """Score [B] float32 of a `RewardModel`, or of a `ScoreModel` read at the last token."""
+    if isinstance(model, RewardModel):
+        return model(ids_BxT, mask_BxT, response_mask_BxT)[0]
+    values, _ = model(ids_BxT, mask_BxT)
+    return last_token_score(values, mask_BxT).astype(jnp.float32)
 
 
 def transplant_trunk(src: Any, dst: Any) -> Any:

@@ -76,20 +76,21 @@ def build_reward(config, mesh, rules) -> plan_mod.PlannedStep:
 
     cfg = reward.RewardConfig.from_config(config.reward)
     tx = reward.make_tx(cfg)
-    graphdef, state, sh, _ = abstract_train_state(
-        _score_fn(config), tx, mesh, rules, rng=_key(mesh)
-    )
+    _, model_fn = reward.build_model_fn(config, _vocab(config), config.seed)
+    graphdef, state, sh, _ = abstract_train_state(model_fn, tx, mesh, rules, rng=_key(mesh))
     B, L = cfg.batch_size, config.sft.max_prompt_len + config.sft.max_response_len
     if cfg.objective == "pointwise":
         batch = {
             "input_ids": _tokens((B, L), mesh),
             "attention_mask": _tokens((B, L), mesh),
+            "response_mask": _tokens((B, L), mesh),
             "label": _tokens((B,), mesh, jnp.float32),
         }
     else:
         batch = {
-            k: _tokens((B, L), mesh)
-            for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+            f"{side}_{k}": _tokens((B, L), mesh)
+            for side in ("chosen", "rejected")
+            for k in ("ids", "mask", "response_mask")
         }
     fn = functools.partial(reward.train_step, graphdef=graphdef, tx=tx, cfg=cfg)
     rep = replicated(mesh)

@@ -137,7 +137,6 @@ class Graphs:
     actor: Any
     critic: Any
     reward: Any
-    reward_pooling: str = "last"  # how the reward model pools its head (config.reward.pooling)
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -162,12 +161,11 @@ def response_values(graphdef, params, ids, mask, prompt_len):
     return values[:, prompt_len - 1 : -1].astype(jnp.float32)
 
 
-def sequence_scores(graphdef, params, ids, mask, response_mask=None, pooling="last"):
-    """The reward model's score per sequence [B], pooled as it was trained (reward.pooling)."""
-    from girl_jax.models.heads import pooled_score
+def sequence_scores(graphdef, params, ids, mask, response_mask=None):
+    """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
+    from girl_jax.models.heads import sequence_score
 
-    values, _ = nnx.merge(graphdef, params)(ids, mask)
-    return pooled_score(values, mask, response_mask, pooling).astype(jnp.float32)
+    return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 
 def explained_variance(values, returns, mask):
@@ -196,9 +194,7 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
     ref_logits = response_logits(graphs.actor, frozen.reference, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
     resp_full = jnp.concatenate([jnp.zeros_like(prompt_mask), out.mask.astype(mask.dtype)], 1)
-    raw_score = sequence_scores(
-        graphs.reward, frozen.reward, ids, mask, resp_full, graphs.reward_pooling
-    )
+    raw_score = sequence_scores(graphs.reward, frozen.reward, ids, mask, resp_full)
     if cfg.needs_critic:
         values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
     else:
@@ -365,7 +361,7 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
 def build(config, workdir: str, data, mesh, rules):
     """Everything PPO holds: graphs, the initial state, frozen roles, optimizers, shardings."""
     from girl_jax.models.decoder import Decoder
-    from girl_jax.models.heads import ScoreModel
+    from girl_jax.models.heads import ScoreModel, transplant_trunk
     from girl_jax.parallel import state as state_mod
     from girl_jax.stages import reward, sft
 
@@ -388,7 +384,13 @@ def build(config, workdir: str, data, mesh, rules):
     critic_graph, critic, critic_sh = state_mod.create_train_state(
         lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, rules, seed=config.seed
     )
-    critic = critic.replace(params=common.fresh_copy(rm_params, critic_sh.params))
+    # The critic starts from the reward model's trunk (and its head when it is the same
+    # per-token linear head; a pooled reward head does not give per-token values).
+    if isinstance(nnx.merge(rm_graph, rm_params), ScoreModel):
+        critic_params = rm_params
+    else:
+        critic_params = transplant_trunk(rm_params, critic.params)
+    critic = critic.replace(params=common.fresh_copy(critic_params, critic_sh.params))
     controller = kl_mod.make_kl_controller(
         cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
     )
@@ -401,12 +403,7 @@ def build(config, workdir: str, data, mesh, rules):
         actor=actor_sh, critic=critic_sh, kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep
     )
     state = jax.device_put(state, shardings)
-    graphs = Graphs(
-        actor=actor_graph,
-        critic=critic_graph,
-        reward=rm_graph,
-        reward_pooling=config.reward.pooling,
-    )
+    graphs = Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
     frozen = Frozen(reference=sft_params, reward=rm_params)
     return cfg, graphs, state, shardings, frozen, (actor_tx, critic_tx, controller)
 
@@ -453,11 +450,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         out_shardings=(shardings, None, None),
         donate_argnums=(0,),
     )
-    score_fn = jax.jit(
-        lambda p, ids, mask, resp: sequence_scores(
-            graphs.reward, p, ids, mask, resp, graphs.reward_pooling
-        )
-    )
+    score_fn = jax.jit(functools.partial(sequence_scores, graphs.reward))
 
     seekers = data.seekers("train")
     P = config.sft.max_prompt_len

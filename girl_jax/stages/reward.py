@@ -26,6 +26,12 @@ from girl_jax.stages import common
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
     objective: str
+    head: str
+    head_hidden: int
+    probe_epochs: int
+    probe_batch_size: int
+    probe_learning_rate: float
+    probe_patience: int
     batch_size: int
     steps: int
     learning_rate: float
@@ -44,9 +50,22 @@ class RewardConfig:
             raise ConfigError(
                 f"config.reward.objective must be pointwise or pairwise, got {self.objective!r}"
             )
-        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "keep", "log_every"):
+        from girl_jax.models.heads import REWARD_HEADS
+
+        if self.head not in REWARD_HEADS:
+            raise ConfigError(
+                f"config.reward.head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}"
+            )
+        positive = ("batch_size", "eval_every", "checkpoint_every", "keep", "log_every")
+        positive += ("head_hidden", "probe_batch_size", "probe_patience")
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config.reward.{name} must be positive")
+        for name in ("steps", "probe_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config.reward.{name} must be >= 0")
+        if self.steps == 0 and self.probe_epochs == 0:
+            raise ConfigError("config.reward: probe_epochs and steps are both 0 (nothing trains)")
 
     @classmethod
     def from_config(cls, c) -> RewardConfig:
@@ -60,17 +79,21 @@ class RewardConfig:
 # ---------------------------------------------------------------- losses
 
 
-def scores(params, graphdef, ids, mask):
-    """Reward score per sequence: the scalar head at the last valid token."""
-    from girl_jax.models.heads import last_token_score
+def scores(params, graphdef, ids, mask, response_mask=None):
+    """Reward score per sequence [B] float32 (`RewardModel`, or a `ScoreModel`'s last token)."""
+    from girl_jax.models.heads import sequence_score
 
-    model = nnx.merge(graphdef, params)
-    values, _ = model(ids, mask)
-    return last_token_score(values, mask)
+    return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 
 def pointwise_loss(params, graphdef, batch, cfg: RewardConfig):
-    s = scores(params, graphdef, batch["input_ids"], batch["attention_mask"])
+    s = scores(
+        params,
+        graphdef,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch.get("response_mask"),
+    )
     y = batch["label"].astype(jnp.float32)
     loss = optax.sigmoid_binary_cross_entropy(s, y).mean() + cfg.center_coef * s.mean() ** 2
     acc = ((s > 0) == (y > 0.5)).mean()
@@ -78,8 +101,20 @@ def pointwise_loss(params, graphdef, batch, cfg: RewardConfig):
 
 
 def pairwise_loss(params, graphdef, batch, cfg: RewardConfig):
-    sc = scores(params, graphdef, batch["chosen_ids"], batch["chosen_mask"])
-    sr = scores(params, graphdef, batch["rejected_ids"], batch["rejected_mask"])
+    sc = scores(
+        params,
+        graphdef,
+        batch["chosen_ids"],
+        batch["chosen_mask"],
+        batch.get("chosen_response_mask"),
+    )
+    sr = scores(
+        params,
+        graphdef,
+        batch["rejected_ids"],
+        batch["rejected_mask"],
+        batch.get("rejected_response_mask"),
+    )
     loss = -jax.nn.log_sigmoid(sc - sr - cfg.margin).mean()
     loss = loss + cfg.center_coef * ((sc + sr) / 2).mean() ** 2
     return loss, dict(accuracy=(sc > sr).mean(), score_mean=(sc + sr).mean() / 2)
@@ -119,6 +154,7 @@ def pointwise_arrays(tok, df, max_len):
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
+        "response_mask": enc["response_mask"],
         "label": np.asarray(enc["label"], np.float32),
     }
 
@@ -142,8 +178,10 @@ def pairwise_arrays(tok, df, max_len, seed):
     return {
         "chosen_ids": c["input_ids"],
         "chosen_mask": c["attention_mask"],
+        "chosen_response_mask": c["response_mask"],
         "rejected_ids": r["input_ids"],
         "rejected_mask": r["attention_mask"],
+        "rejected_response_mask": r["response_mask"],
     }
 
 
@@ -151,16 +189,17 @@ def pairwise_arrays(tok, df, max_len, seed):
 
 
 def build_model_fn(config, vocab_size, seed):
-    from girl_jax.models.heads import ScoreModel
+    from girl_jax.models.heads import RewardModel
 
     mcfg = common.decoder_config(config, vocab_size)
-    return mcfg, (lambda rngs: ScoreModel(mcfg, rngs=rngs, zero_init_head=True))
+    head, hidden = config.reward.head, config.reward.head_hidden
+    return mcfg, (lambda rngs: RewardModel(mcfg, rngs=rngs, head=head, head_hidden=hidden))
 
 
 def make_tx(cfg: RewardConfig):
     return common.make_optimizer(
         cfg.learning_rate,
-        cfg.steps,
+        max(cfg.steps, 1),
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip,
@@ -168,17 +207,20 @@ def make_tx(cfg: RewardConfig):
 
 
 def score_dataset(score_fn, params, arrays, batch_size):
-    """Scores for every row, in fixed-size batches (the last one padded)."""
+    """Scores for every row, in fixed-size batches (the last one padded).
+
+    `score_fn(params, ids, mask, response_mask)`; `arrays` holds input_ids, attention_mask and
+    response_mask [N, L].
+    """
+    keys = ("input_ids", "attention_mask", "response_mask")
     n = len(arrays["input_ids"])
     out = []
     for b in range(0, n, batch_size):
-        ids = arrays["input_ids"][b : b + batch_size]
-        mask = arrays["attention_mask"][b : b + batch_size]
-        pad = batch_size - len(ids)
+        rows = [arrays[k][b : b + batch_size] for k in keys]
+        pad = batch_size - len(rows[0])
         if pad:
-            ids = np.concatenate([ids, np.repeat(ids[-1:], pad, 0)])
-            mask = np.concatenate([mask, np.repeat(mask[-1:], pad, 0)])
-        out.append(np.asarray(jax.device_get(score_fn(params, ids, mask)))[: batch_size - pad])
+            rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
+        out.append(np.asarray(jax.device_get(score_fn(params, *rows)))[: batch_size - pad])
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -217,23 +259,28 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         model_fn, tx, mesh, rules, seed=config.seed
     )
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
-    if not ckpt.latest_step():
-        # Trunk from the final SFT model, fresh (zero-initialised) score head; fresh buffers so
-        # donating the state never deletes the SFT params still used for evaluation.
-        params = transplant_trunk(sft_params, state.params)
-        state = state.replace(params=common.fresh_copy(params, shardings.params))
     train_df = data.split("train")
     if cfg.objective == "pointwise":
         train = pointwise_arrays(tok, train_df, max_len)
     else:
         train = pairwise_arrays(tok, train_df, max_len, config.seed)
+    val = pointwise_arrays(tok, data.split("validation"), max_len)
+    probe_history = []
+    if not ckpt.latest_step():
+        # Trunk from the final SFT model and a fresh head, first fitted on the frozen trunk's
+        # features (linear probing); fresh buffers so donating the state never deletes the SFT
+        # params still used for evaluation.
+        params = transplant_trunk(sft_params, state.params)
+        if cfg.probe_epochs:
+            params, probe_history = _probe_head(cfg, graphdef, params, train, val, config.seed)
+        state = state.replace(params=common.fresh_copy(params, shardings.params))
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg),
         in_shardings=(shardings, state_mod.batch_sharding(mesh), None),
         out_shardings=(shardings, None),
         donate_argnums=(0,),
     )
-    score_fn = jax.jit(functools.partial(scores, graphdef=graphdef))
+    score_fn = jax.jit(lambda p, ids, mask, resp: scores(p, graphdef, ids, mask, resp))
     it = pipeline.make_iterator(train, batch_size=cfg.batch_size, seed=config.seed + 1)
     start = ckpt.latest_step() or 0
     if start:
@@ -245,15 +292,10 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         enabled=jax.process_index() == 0,
         mirror=wandb_writer.from_config(config, "reward", workdir),
     )
-    bar = metrics_mod.Progress(cfg.steps, "reward", start=start)
-
-    val_df = data.split("validation")
-    val = pointwise_arrays(tok, val_df, max_len)
+    bar = metrics_mod.Progress(max(cfg.steps, 1), "reward", start=start)
 
     def evaluate(step):
-        s = score_dataset(
-            lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, val, cfg.batch_size
-        )
+        s = score_dataset(score_fn, state.params, val, cfg.batch_size)
         rep = {f"eval_{k}": v for k, v in metrics_mod.binary_report(val["label"], s).items()}
         writer.write(step, rep)
         return rep
@@ -285,17 +327,24 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             lambda d=done, s=state: ckpt.save(d, s, {"data_iterator": it.get_state()}),
         )
     bar.close()
+    if cfg.steps == 0:  # probe only: the probed head is the final reward model
+        ckpt.save(0, state, {"data_iterator": it.get_state()})
     if not last:
         last = evaluate(cfg.steps)
     result = {k.removeprefix("eval_"): v for k, v in last.items()}
+    if probe_history:
+        result["probe"] = {"epochs": len(probe_history), "history": probe_history}
     # Held-out seekers never seen in training, and how the RM tracks the oracle on generated JDs.
     cold = data.split("cold_start")
     if len(cold) and cold["label"].nunique() == 2:
         arrs = pointwise_arrays(tok, cold, max_len)
-        s = score_dataset(
-            lambda p, i, m: score_fn(p, ids=i, mask=m), state.params, arrs, cfg.batch_size
-        )
+        s = score_dataset(score_fn, state.params, arrs, cfg.batch_size)
         result["cold_start"] = metrics_mod.binary_report(arrs["label"], s)
+    test = data.split("test")
+    if len(test) and test["label"].nunique() == 2:
+        arrs = pointwise_arrays(tok, test, max_len)
+        s = score_dataset(score_fn, state.params, arrs, cfg.batch_size)
+        result["test"] = metrics_mod.binary_report(arrs["label"], s)
     if data.market is not None:
         result.update(
             _oracle_tracking(
@@ -317,6 +366,50 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     writer.close()
     return result
+
+
+def _probe_head(cfg: RewardConfig, graphdef, params, train, val, seed):
+    """Fits the reward head on frozen-trunk features (see reward_probe); returns full params."""
+    from girl_jax.stages import reward_probe
+
+    model = nnx.merge(graphdef, params)
+    features_fn = jax.jit(lambda p, i, m, r: nnx.merge(graphdef, p).features(i, m, r))
+
+    def feats(ids, mask, resp):
+        arrays = {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
+        return reward_probe.pooled_features(features_fn, params, arrays, cfg.probe_batch_size)
+
+    if cfg.objective == "pointwise":
+        train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])
+        train_y = train["label"]
+    else:
+        train_x = np.stack(
+            [
+                feats(train[f"{k}_ids"], train[f"{k}_mask"], train[f"{k}_response_mask"])
+                for k in ("chosen", "rejected")
+            ]
+        )
+        train_y = None
+    val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"])
+    head_graphdef, head_params = nnx.split(model.reward_head)
+    best, history = reward_probe.fit_head(
+        head_graphdef,
+        head_params,
+        train_x,
+        train_y,
+        val_x,
+        val["label"],
+        objective=cfg.objective,
+        epochs=cfg.probe_epochs,
+        batch_size=cfg.probe_batch_size,
+        learning_rate=cfg.probe_learning_rate,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.probe_patience,
+        seed=seed,
+        margin=cfg.margin,
+    )
+    nnx.update(model.reward_head, best)
+    return nnx.state(model, nnx.Param), history
 
 
 def _oracle_tracking(
@@ -342,7 +435,7 @@ def _oracle_tracking(
     arrs = pointwise_arrays(
         tok, __import__("pandas").DataFrame({"cv": seekers["cv"], "jd": texts, "label": 0}), max_len
     )
-    s = score_dataset(lambda p, i, m: score_fn(p, ids=i, mask=m), rm_params, arrs, batch_size)
+    s = score_dataset(score_fn, rm_params, arrs, batch_size)
     true = data.market.true_match(seekers["seeker_id"].to_numpy(), texts)
     rho = spearmanr(s, true).statistic if np.std(true) > 0 and np.std(s) > 0 else float("nan")
     return {"oracle_spearman_generated": float(rho)}

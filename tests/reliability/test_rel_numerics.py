@@ -75,6 +75,7 @@ def test_reward_step_refuses_a_nonfinite_update():
     }
     cfg = reward.RewardConfig(
         objective="pointwise",
+        pooling="last",
         batch_size=4,
         steps=1,
         learning_rate=1e-2,

@@ -28,24 +28,26 @@ def _data(n=64, L=10, seed=0):
     return np.where(mask == 1, ids, 0), mask, label.astype(np.float32)
 
 
-def _train(objective, steps=60):
+def _train(objective, steps=60, pooling="last"):
     c = load_config("configs/default.py:smoke").reward
-    c.update(objective=objective, learning_rate=3e-3, warmup_steps=1, steps=steps)
+    c.update(objective=objective, pooling=pooling, learning_rate=3e-3, warmup_steps=1, steps=steps)
     cfg = reward.RewardConfig.from_config(c)
     mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     tx = reward.make_tx(cfg)
     g, st, _ = state_mod.create_train_state(lambda r: ScoreModel(CFG, rngs=r), tx, mesh, None)
     ids, mask, label = _data()
     if objective == "pointwise":
-        batch = {"input_ids": ids, "attention_mask": mask, "label": label}
+        batch = {"input_ids": ids, "attention_mask": mask, "response_mask": mask, "label": label}
     else:
         pos, neg = label == 1, label == 0
         k = min(pos.sum(), neg.sum())
         batch = {
             "chosen_ids": ids[pos][:k],
             "chosen_mask": mask[pos][:k],
+            "chosen_response_mask": mask[pos][:k],
             "rejected_ids": ids[neg][:k],
             "rejected_mask": mask[neg][:k],
+            "rejected_response_mask": mask[neg][:k],
         }
     step = jax.jit(functools.partial(reward.train_step, graphdef=g, tx=tx, cfg=cfg))
     losses = []
@@ -55,9 +57,10 @@ def _train(objective, steps=60):
     return losses, m, g, st
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
 @pytest.mark.parametrize("objective", ["pointwise", "pairwise"])
-def test_both_objectives_train(objective):
-    losses, m, _, _ = _train(objective)
+def test_both_objectives_train(objective, pooling):
+    losses, m, _, _ = _train(objective, pooling=pooling)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
     assert float(m["accuracy"]) > 0.9
 
@@ -73,3 +76,24 @@ def test_score_reads_last_valid_token_and_ignores_padding():
     values, _ = __import__("flax").nnx.merge(g, st.params)(ids, mask)
     last = mask.sum(1) - 1
     np.testing.assert_allclose(np.asarray(s), np.asarray(values)[np.arange(8), last], atol=1e-6)
+
+
+def test_mean_pooling_averages_the_response_tokens_only():
+    _, _, g, st = _train("pointwise", steps=5)
+    ids, mask, _ = _data(n=8)
+    resp = mask * (np.arange(mask.shape[1]) >= 3)  # a 3-token "prompt" on every row
+    s = reward.scores(st.params, g, ids, mask, resp, pooling="mean")
+    values, _ = __import__("flax").nnx.merge(g, st.params)(ids, mask)
+    v = np.asarray(values)
+    want = [v[i][resp[i] == 1].mean() for i in range(8)]
+    np.testing.assert_allclose(np.asarray(s), want, rtol=1e-5, atol=1e-6)
+    # padding content does not move the score
+    np.testing.assert_allclose(
+        np.asarray(
+            reward.scores(st.params, g, np.where(mask == 1, ids, 13), mask, resp, pooling="mean")
+        ),
+        np.asarray(s),
+        atol=1e-5,
+    )
+    with pytest.raises(Exception, match="response mask"):
+        reward.scores(st.params, g, ids, mask, None, pooling="mean")
