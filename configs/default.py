@@ -188,7 +188,12 @@ def get_config(arg=None):
             log_every=10,
         )
         c.reward.update(
-            steps=30, probe_epochs=5, batch_size=16, eval_every=15, checkpoint_every=15, log_every=10
+            steps=30,
+            probe_epochs=5,
+            batch_size=16,
+            eval_every=15,
+            checkpoint_every=15,
+            log_every=10,
         )
         c.ppo.update(
             iterations=4,

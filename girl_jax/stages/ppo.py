@@ -491,9 +491,10 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     if start:
         state, extra = ckpt.restore(start, ckpt_mod.abstract_like(state))
         it.set_state(extra["data_iterator"])
+    if start and os.path.exists(start_eval_path):
         start_eval = json.load(open(start_eval_path))
-    else:
-        start_eval, start_texts = evaluate(state.actor.params)
+    else:  # the start is the SFT model (the reference), whatever step we resume from
+        start_eval, start_texts = evaluate(frozen.reference)
         if jax.process_index() == 0:
             ckpt_mod.write_json_atomic(start_eval_path, {**start_eval, "samples": start_texts[:8]})
     writer = metrics_mod.MetricWriter(

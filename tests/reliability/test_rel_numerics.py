@@ -75,7 +75,12 @@ def test_reward_step_refuses_a_nonfinite_update():
     }
     cfg = reward.RewardConfig(
         objective="pointwise",
-        pooling="last",
+        head="last",
+        head_hidden=8,
+        probe_epochs=0,
+        probe_batch_size=4,
+        probe_learning_rate=1e-3,
+        probe_patience=1,
         batch_size=4,
         steps=1,
         learning_rate=1e-2,
@@ -118,7 +123,8 @@ def _reward_model(rngs):
                 scan_layers=False,
                 lora_rank=0,
                 lora_alpha=16.0,
-            )
+            ),
+            "reward": dict(head="last", head_hidden=8),
         }
     )
     return build_model_fn(config, 40, 0)[1](rngs)

@@ -28,13 +28,20 @@ def _data(n=64, L=10, seed=0):
     return np.where(mask == 1, ids, 0), mask, label.astype(np.float32)
 
 
-def _train(objective, steps=60, pooling="last"):
+def _train(objective, steps=60, head=None):
+    """head None: a per-token ScoreModel read at the last token; else a RewardModel head."""
     c = load_config("configs/default.py:smoke").reward
-    c.update(objective=objective, pooling=pooling, learning_rate=3e-3, warmup_steps=1, steps=steps)
+    c.update(objective=objective, learning_rate=3e-3, warmup_steps=1, steps=steps)
     cfg = reward.RewardConfig.from_config(c)
     mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     tx = reward.make_tx(cfg)
-    g, st, _ = state_mod.create_train_state(lambda r: ScoreModel(CFG, rngs=r), tx, mesh, None)
+    from girl_jax.models.heads import RewardModel
+
+    if head is None:
+        model_fn = lambda r: ScoreModel(CFG, rngs=r)  # noqa: E731
+    else:
+        model_fn = lambda r: RewardModel(CFG, rngs=r, head=head, head_hidden=32)  # noqa: E731
+    g, st, _ = state_mod.create_train_state(model_fn, tx, mesh, None)
     ids, mask, label = _data()
     if objective == "pointwise":
         batch = {"input_ids": ids, "attention_mask": mask, "response_mask": mask, "label": label}
@@ -57,10 +64,10 @@ def _train(objective, steps=60, pooling="last"):
     return losses, m, g, st
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("head", [None, "last", "mean", "pooled_mlp"])
 @pytest.mark.parametrize("objective", ["pointwise", "pairwise"])
-def test_both_objectives_train(objective, pooling):
-    losses, m, _, _ = _train(objective, pooling=pooling)
+def test_both_objectives_train(objective, head):
+    losses, m, _, _ = _train(objective, head=head)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
     assert float(m["accuracy"]) > 0.9
 
@@ -78,22 +85,75 @@ def test_score_reads_last_valid_token_and_ignores_padding():
     np.testing.assert_allclose(np.asarray(s), np.asarray(values)[np.arange(8), last], atol=1e-6)
 
 
-def test_mean_pooling_averages_the_response_tokens_only():
-    _, _, g, st = _train("pointwise", steps=5)
+@pytest.mark.parametrize("head", ["last", "mean", "pooled_mlp"])
+def test_reward_model_heads_pool_the_right_tokens(head):
+    from flax import nnx
+
+    from girl_jax.models.heads import RewardModel, pool_features
+
+    model = RewardModel(CFG, rngs=nnx.Rngs(0), head=head, head_hidden=16)
     ids, mask, _ = _data(n=8)
     resp = mask * (np.arange(mask.shape[1]) >= 3)  # a 3-token "prompt" on every row
-    s = reward.scores(st.params, g, ids, mask, resp, pooling="mean")
-    values, _ = __import__("flax").nnx.merge(g, st.params)(ids, mask)
-    v = np.asarray(values)
-    want = [v[i][resp[i] == 1].mean() for i in range(8)]
-    np.testing.assert_allclose(np.asarray(s), want, rtol=1e-5, atol=1e-6)
-    # padding content does not move the score
-    np.testing.assert_allclose(
-        np.asarray(
-            reward.scores(st.params, g, np.where(mask == 1, ids, 13), mask, resp, pooling="mean")
-        ),
-        np.asarray(s),
-        atol=1e-5,
+    h = np.asarray(model.hidden(ids, mask)[0])
+    last = h[np.arange(8), mask.sum(1) - 1]
+    mean_jd = np.stack([h[i][resp[i] == 1].mean(0) for i in range(8)])
+    mean_cv = np.stack([h[i][(mask[i] == 1) & (resp[i] == 0)].mean(0) for i in range(8)])
+    want = {
+        "last": last,
+        "mean": mean_jd,
+        "pooled_mlp": np.concatenate([last, mean_jd, mean_cv, mean_jd * mean_cv], -1),
+    }[head]
+    got = pool_features(model.hidden(ids, mask)[0], mask, resp, head)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    # the score ignores the content of padding
+    s = model(ids, mask, resp)[0]
+    s2 = model(np.where(mask == 1, ids, 13), mask, resp)[0]
+    np.testing.assert_allclose(np.asarray(s2), np.asarray(s), atol=1e-5)
+    if head != "last":
+        with pytest.raises(Exception, match="response mask"):
+            model(ids, mask, None)
+
+
+@pytest.mark.parametrize("objective", ["pointwise", "pairwise"])
+def test_probe_fits_the_head_on_cached_features(objective):
+    """A head fitted on fixed features separates labels that are linear in them."""
+    from flax import nnx
+
+    from girl_jax.models.heads import RewardHead
+    from girl_jax.stages import reward_probe
+
+    rng = np.random.default_rng(0)
+    d = 8
+    w = rng.normal(size=4 * d)
+    x = rng.normal(size=(2000, 4 * d)).astype(np.float32)
+    y = (x @ w + 0.5 * rng.normal(size=2000) > 0).astype(np.float32)
+    head = RewardHead(d, "pooled_mlp", 32, rngs=nnx.Rngs(0))
+    g, p = nnx.split(head)
+    if objective == "pointwise":
+        tx, ty = x[:1500], y[:1500]
+    else:
+        pos, neg = x[:1500][y[:1500] == 1], x[:1500][y[:1500] == 0]
+        k = min(len(pos), len(neg))
+        tx, ty = np.stack([pos[:k], neg[:k]]), None
+    seen = []
+    best, hist = reward_probe.fit_head(
+        g,
+        p,
+        tx,
+        ty,
+        x[1500:],
+        y[1500:],
+        objective=objective,
+        epochs=30,
+        batch_size=128,
+        learning_rate=3e-3,
+        weight_decay=0.0,
+        patience=3,
+        seed=0,
+        on_epoch=lambda e, r: seen.append(e),
     )
-    with pytest.raises(Exception, match="response mask"):
-        reward.scores(st.params, g, ids, mask, None, pooling="mean")
+    aucs = [h["probe_val_auc"] for h in hist]
+    assert aucs[0] < max(aucs) and max(aucs) > 0.9, aucs
+    assert seen == list(range(1, len(hist) + 1))
+    s = np.asarray(nnx.merge(g, best)(x[1500:]))
+    assert reward_probe._auc(y[1500:], s) == pytest.approx(max(aucs))
