@@ -210,7 +210,7 @@ def test_data_make_from_files_rejects_malformed_files(case):
 # Overrides: every one is wrong (unknown key, wrong type, out of range); each must name its key.
 SECTIONS = {
     "sft": ["steps", "batch_size", "learning_rate", "max_prompt_len"],
-    "reward": ["steps", "batch_size", "learning_rate"],
+    "reward": ["probe_batch_size", "batch_size", "learning_rate"],  # steps=0: probe only
     "ppo": ["iterations", "batch_size", "epochs", "learning_rate", "max_new_tokens"],
     "data": ["num_seekers", "num_jobs"],
     "model": ["d_model", "num_layers", "num_heads"],

@@ -104,10 +104,20 @@ def test_failed_command_does_not_overwrite_saved_config(tiny_run, tmp_path):
         (["--config.mesh.data=3"], "mesh.data"),
         (["--config.ppo.advantage=nope"], "config.ppo.advantage"),
         (["--config.reward.objective=listwise"], "config.reward.objective"),
+        (["--config.reward.steps=-1"], "config.reward.steps"),
+        (["--config.reward.head=attention"], "config.reward.head"),
         (["--config.recommend.predictors=['nope']"], "config.recommend.predictors"),
         (["--config.mesh.data=8", "--config.ppo.batch_size=12"], "ppo.batch_size"),
     ],
-    ids=["mesh", "ppo.advantage", "reward.objective", "recommend.predictors", "ppo.batch"],
+    ids=[
+        "mesh",
+        "ppo.advantage",
+        "reward.objective",
+        "reward.steps",
+        "reward.head",
+        "recommend.predictors",
+        "ppo.batch",
+    ],
 )
 def test_run_rejects_a_late_stage_config_before_training(tmp_path, monkeypatch, extra, key):
     """`girl run` must not train SFT for an hour and then fail on a PPO / mesh setting."""
