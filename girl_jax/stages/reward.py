@@ -207,7 +207,8 @@ def make_tx(cfg: RewardConfig):
 
 
 def score_dataset(score_fn, params, arrays, batch_size):
-    """Scores for every row, in fixed-size batches (the last one padded).
+    """Scores (or any per-row output, e.g. features [N, F]) for every row, in fixed-size batches
+    (the last one padded).
 
     `score_fn(params, ids, mask, response_mask)`; `arrays` holds input_ids, attention_mask and
     response_mask [N, L].
@@ -377,7 +378,7 @@ def _probe_head(cfg: RewardConfig, graphdef, params, train, val, seed):
 
     def feats(ids, mask, resp):
         arrays = {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
-        return reward_probe.pooled_features(features_fn, params, arrays, cfg.probe_batch_size)
+        return score_dataset(features_fn, params, arrays, cfg.probe_batch_size)
 
     if cfg.objective == "pointwise":
         train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])

@@ -19,24 +19,6 @@ import optax
 from flax import nnx
 
 
-def pooled_features(features_fn, params, arrays, batch_size: int) -> np.ndarray:
-    """Trunk features [N, F] float32 for every row (fixed-size batches, the last one padded).
-
-    `features_fn(params, ids, mask, response_mask) -> [B, F]`.
-    """
-    keys = ("input_ids", "attention_mask", "response_mask")
-    n, out = len(arrays["input_ids"]), []
-    for b in range(0, n, batch_size):
-        rows = [arrays[k][b : b + batch_size] for k in keys]
-        pad = batch_size - len(rows[0])
-        if pad:
-            rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
-        out.append(
-            np.asarray(jax.device_get(features_fn(params, *rows)), np.float32)[: len(rows[0]) - pad]
-        )
-    return np.concatenate(out)
-
-
 def probe_loss(head_params, head_graphdef, x, y, *, objective: str, margin: float = 0.0):
     """Pointwise: x [B, F], y [B] labels -> BCE. Pairwise: x [2, B, F] (chosen, rejected) -> BT."""
     head = nnx.merge(head_graphdef, head_params)
