@@ -160,6 +160,11 @@ def get_config(arg=None):
             max_len=96,
             pooling="mean",
         ),
+        # frozen_encoder: the encoder trains once, end to end on Base (CV, JD) interactions with
+        # an MLP head (`epochs`), then every text is embedded once and each feature set x
+        # predictor x seed fits its predictor on the frozen embeddings (`head_*`).
+        # end_to_end: every model trains its own encoder for `epochs` (6x the encoder cost).
+        mode="frozen_encoder",
         predictors=["mlp", "dot"],
         feature_sets=["Base", "GIRL-SFT", "GIRL"],
         batch_size=128,
@@ -167,9 +172,13 @@ def get_config(arg=None):
         learning_rate=2e-3,
         weight_decay=0.01,
         patience=1,
+        head_epochs=40,
+        head_batch_size=256,
+        head_learning_rate=1e-3,
+        head_patience=4,
         mlp_hidden=256,
         dot_dim=64,
-        seeds=[0],
+        seeds=[0, 1, 2],
         max_train_interactions=0,  # 0: all
     )
 
@@ -208,7 +217,9 @@ def get_config(arg=None):
         )
         c.generate.batch_size = 64
         c.recommend.encoder.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=64)
-        c.recommend.update(epochs=1, batch_size=64, mlp_hidden=32, dot_dim=32)
+        c.recommend.update(
+            epochs=1, batch_size=64, mlp_hidden=32, dot_dim=32, head_epochs=3, seeds=[0]
+        )
     elif variant != "default":
         raise ValueError(f"unknown variant {variant!r}: use default or smoke")
     return c

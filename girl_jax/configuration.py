@@ -127,8 +127,10 @@ POSITIVE_KEYS = (
     "ppo.learning_rate",
     "ppo.max_new_tokens",
     "recommend.batch_size",
-    "recommend.epochs",
     "recommend.learning_rate",
+    "recommend.head_epochs",
+    "recommend.head_batch_size",
+    "recommend.head_learning_rate",
 )
 
 

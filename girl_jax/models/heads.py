@@ -74,7 +74,8 @@ def last_token_score(values_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values_BxT, idx_B[:, None], axis=-1)[:, 0]
 
 
-REWARD_HEADS = ("last", "mean", "pooled_mlp")
+REWARD_HEADS = ("last", "mean", "pooled_mlp", "attn_mlp")
+TOKEN_HEADS = ("attn_mlp",)  # heads that read per-token states, not pooled features
 
 
 def pool_features(
@@ -103,25 +104,57 @@ def pool_features(
     return jnp.concatenate([last, mean_jd, mean_cv, mean_jd * mean_cv], axis=-1)
 
 
-class RewardHead(nnx.Module):
-    """Pooled features [B, F] -> score [B]: linear (`last`, `mean`) or a one-hidden-layer MLP."""
+def attention_pool(h_BxTxD: jax.Array, logits_BxTxQ: jax.Array, select_BxT: jax.Array):
+    """Q softmax-weighted means of the selected tokens' states -> [B, Q * D] float32."""
+    a = jnp.where(select_BxT[..., None], logits_BxTxQ.astype(jnp.float32), -1e9)
+    w_BxTxQ = jax.nn.softmax(a, axis=1) * select_BxT.any(1)[:, None, None]  # none: zeros
+    pooled = jnp.einsum("btq,btd->bqd", w_BxTxQ, h_BxTxD.astype(jnp.float32))
+    return pooled.reshape(h_BxTxD.shape[0], -1)
 
-    def __init__(self, d_model: int, head: str, hidden: int, *, rngs: nnx.Rngs):
+
+class RewardHead(nnx.Module):
+    """Features -> score [B]: linear (`last`, `mean`) or a one-hidden-layer MLP.
+
+    `pooled_mlp` reads pooled features [B, 4D]. `attn_mlp` reads the token states
+    {"hidden": [B, T, D], "mask", "response_mask"}: the pooled_mlp features plus `queries`
+    learned attention poolings over the JD tokens and as many over the CV tokens (a query can
+    single out the requirements, pay or place of a JD, which a plain mean blurs).
+    """
+
+    def __init__(self, d_model: int, head: str, hidden: int, *, rngs: nnx.Rngs, queries=4):
         if head not in REWARD_HEADS:
             raise ModelError(f"reward head must be one of {REWARD_HEADS}, got {head!r}")
         self.head = head
-        width = 4 * d_model if head == "pooled_mlp" else d_model
         zero = nnx.initializers.zeros_init()
-        if head == "pooled_mlp":
+        if head in ("pooled_mlp", "attn_mlp"):
+            width = 4 * d_model
+            if head == "attn_mlp":
+                self.query_jd = Linear(d_model, queries, axes=(None, None), rngs=rngs)
+                self.query_cv = Linear(d_model, queries, axes=(None, None), rngs=rngs)
+                width += 2 * queries * d_model
             self.norm = LayerNorm(width, axes=(None,), rngs=rngs)
             self.hidden = Linear(width, hidden, axes=(None, "mlp"), rngs=rngs, dtype=jnp.float32)
             self.out = Linear(hidden, 1, axes=("mlp", None), rngs=rngs, kernel_init=zero)
         else:
-            self.out = Linear(width, 1, axes=(None, None), rngs=rngs, kernel_init=zero)
+            self.out = Linear(d_model, 1, axes=(None, None), rngs=rngs, kernel_init=zero)
 
-    def __call__(self, feats_BxF: jax.Array) -> jax.Array:
-        x = feats_BxF.astype(jnp.float32)
-        if self.head == "pooled_mlp":
+    def __call__(self, feats) -> jax.Array:
+        if self.head == "attn_mlp":
+            h, mask, resp = feats["hidden"], feats["mask"], feats["response_mask"]
+            h = h.astype(jnp.float32)
+            valid = mask.astype(bool)
+            jd = resp.astype(bool) & valid
+            x = jnp.concatenate(
+                [
+                    pool_features(h, mask, resp, "pooled_mlp"),
+                    attention_pool(h, self.query_jd(h), jd),
+                    attention_pool(h, self.query_cv(h), valid & ~jd),
+                ],
+                axis=-1,
+            )
+        else:
+            x = feats.astype(jnp.float32)
+        if self.head in ("pooled_mlp", "attn_mlp"):
             x = jax.nn.gelu(self.hidden(self.norm(x)))
         return self.out(x)[..., 0]
 
@@ -131,7 +164,8 @@ class RewardModel(Transformer):
 
     `head="last"` is the InstructGPT / lm-human-preferences reward (linear on the last token).
     `mean` averages the JD tokens' states (each attended to the CV); `pooled_mlp` adds the CV's
-    mean state and its product with the JD's, read by a small MLP.
+    mean state and its product with the JD's, read by a small MLP; `attn_mlp` adds learned
+    attention poolings of the JD's and the CV's tokens.
     """
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, head="last", head_hidden=256):
@@ -139,11 +173,16 @@ class RewardModel(Transformer):
         self.reward_head = RewardHead(cfg.d_model, head, head_hidden, rngs=rngs)
 
     def features(self, ids_BxT, attention_mask, response_mask=None, positions=None):
+        """What the head reads: pooled [B, F], or for token heads the states and masks."""
         h, _ = self.hidden(ids_BxT, attention_mask, positions)
+        if self.reward_head.head in TOKEN_HEADS:
+            if response_mask is None:
+                raise ModelError(f"reward head {self.reward_head.head!r} needs the response mask")
+            return {"hidden": h, "mask": attention_mask, "response_mask": response_mask}
         return pool_features(h, attention_mask, response_mask, self.reward_head.head)
 
     def __call__(self, ids_BxT, attention_mask, response_mask=None, positions=None):
-        """Returns (scores [B] float32, {"features": [B, F]})."""
+        """Returns (scores [B] float32, {"features": pooled [B, F] or the token-head inputs})."""
         f = self.features(ids_BxT, attention_mask, response_mask, positions)
         return self.reward_head(f), {"features": f}
 

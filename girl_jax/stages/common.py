@@ -48,10 +48,11 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """AdamW with linear warmup + cosine decay (optax schedules) and global-norm clipping."""
     if cosine:
+        warmup_steps = max(warmup_steps, 1)
         schedule = optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=learning_rate,
-            warmup_steps=max(warmup_steps, 1),
+            warmup_steps=warmup_steps,
             decay_steps=max(total_steps, warmup_steps + 1),
             end_value=learning_rate * 0.1,
         )

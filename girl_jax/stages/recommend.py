@@ -3,7 +3,15 @@
 Feature sets: Base (CV, candidate JD), GIRL-SFT (+ the SFT generator's JD for the CV) and GIRL
 (+ the PPO generator's JD). Each (feature set, predictor, seed) trains with BCE on the train
 interactions, early-stops on validation AUC and is evaluated on test and cold-start: AUC, LogLoss.
-Writes WORKDIR/recommend/<feature>_<predictor>_s<seed>/{metrics.jsonl, eval.json}, eval.json.
+
+`mode="frozen_encoder"` (default): the BERT encoder trains once, end to end with an MLP head on
+the Base (CV, candidate JD) interactions, then every text (CVs, jobs, both generators' JDs) is
+embedded once and all feature sets x predictors x seeds fit their predictor on those frozen
+embeddings: the three rows share one encoder, so they differ only by the generated JD, and a
+model costs seconds instead of an encoder's training. `mode="end_to_end"`: every model trains
+its own encoder (6x the encoder cost per seed).
+Writes WORKDIR/recommend/{encoder/, <feature>_<predictor>_s<seed>/}{metrics.jsonl, eval.json},
+eval.json.
 """
 
 from __future__ import annotations
@@ -16,14 +24,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-from girl_jax import preemption
+from girl_jax import checkpoint as ckpt_mod
 from girl_jax.errors import ConfigError
-from girl_jax.stages import common
+from girl_jax.stages import common, recommend_fit
 
 FEATURE_SETS = {"Base": (), "GIRL-SFT": ("jd_sft",), "GIRL": ("jd_ppo",)}
+MODES = ("frozen_encoder", "end_to_end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +47,22 @@ class RecommendConfig:
     seeds: tuple[int, ...]
     max_train_interactions: int
     encoder: dict
+    mode: str = "frozen_encoder"  # or "end_to_end": every model trains its own encoder
+    head_epochs: int = 40
+    head_batch_size: int = 256
+    head_learning_rate: float = 1e-3
+    head_patience: int = 4
 
     def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"config.recommend.mode: unknown {self.mode!r}; known: {', '.join(MODES)}"
+            )
+        if self.epochs < 0 or (self.mode == "end_to_end" and self.epochs == 0):
+            raise ConfigError(
+                f"config.recommend.epochs={self.epochs}: must be > 0 (>= 0 with "
+                "mode=frozen_encoder, where 0 keeps the encoder as initialised)"
+            )
         for p in self.predictors:
             if p not in ("mlp", "dot"):
                 raise ConfigError(f"config.recommend.predictors: unknown predictor {p!r}")
@@ -58,7 +79,7 @@ class RecommendConfig:
         unknown = set(c.keys()) - names
         if unknown:
             raise ConfigError(f"unknown config key config.recommend.{sorted(unknown)[0]}")
-        kw = {k: c[k] for k in names}
+        kw = {k: c[k] for k in names if k in c}
         kw["encoder"] = dict(c.encoder)
         for k in ("predictors", "feature_sets", "seeds"):
             kw[k] = tuple(kw[k])
@@ -84,39 +105,7 @@ def encode_table(tok, texts, max_len: int):
     return ids, mask
 
 
-# ---------------------------------------------------------------- loss and steps
-
-
-def logits_fn(params, graphdef, tables, batch, rest=None, *, order):
-    """Gather the texts of each interaction from the device tables and score them."""
-    ids = jnp.stack([tables[f"{name}_ids"][batch[f"{name}_idx"]] for name in order])
-    mask = jnp.stack([tables[f"{name}_mask"][batch[f"{name}_idx"]] for name in order])
-    states = (params,) if rest is None else (params, rest)  # rest: dropout RNG state
-    return nnx.merge(graphdef, *states)(ids, mask)
-
-
-def loss_fn(params, graphdef, tables, batch, rest=None, *, order):
-    logits = logits_fn(params, graphdef, tables, batch, rest, order=order)
-    return optax.sigmoid_binary_cross_entropy(logits, batch["label"]).mean()
-
-
-def train_step(state, tables, batch, rng, *, graphdef, tx, order):
-    del rng
-    loss, grads = jax.value_and_grad(loss_fn)(
-        state.params, graphdef, tables, batch, state.rest, order=order
-    )
-    new = state.apply_gradients(grads, tx)
-    finite = common.all_finite(loss, grads)
-    return common.select_tree(finite, new, state), dict(
-        loss=loss, finite=finite.astype(jnp.float32)
-    )
-
-
-def predict_step(params, rest, tables, batch, *, graphdef, order):
-    return logits_fn(params, graphdef, tables, batch, rest, order=order)
-
-
-# ---------------------------------------------------------------- driver
+# ---------------------------------------------------------------- models
 
 
 def _encoder(cfg: RecommendConfig, vocab_size: int):
@@ -156,142 +145,136 @@ def _encoder(cfg: RecommendConfig, vocab_size: int):
     return bcfg, None, None
 
 
-def _batches(arrays, batch_size, rng=None):
-    n = len(arrays["label"])
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    for b in range(0, n - (n % batch_size if rng is not None else 0), batch_size):
-        idx = order[b : b + batch_size]
-        yield {k: v[idx] for k, v in arrays.items()}, len(idx)
-
-
-def train_one(
-    config,
-    cfg: RecommendConfig,
-    feature: str,
-    predictor: str,
-    seed: int,
-    tables_np,
-    splits,
-    out_dir,
-    mesh,
-    rules,
-) -> dict:
-    """Train one recommender, early-stopping on validation AUC; evaluate test and cold-start."""
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax import metrics as metrics_mod
+def _recommender_fn(cfg: RecommendConfig, bcfg, pretrained, predictor: str, num_inputs: int):
     from girl_jax.models.predictors import Recommender
-    from girl_jax.parallel import state as state_mod
-
-    run_dir = common.stage_dir(out_dir, f"{feature}_{predictor}_s{seed}")
-    eval_path = os.path.join(run_dir, "eval.json")
-    if os.path.isfile(eval_path):
-        return json.load(open(eval_path))
-    bcfg, pretrained, _ = tables_np["encoder"]
-    order = ("cv", "jd", *FEATURE_SETS[feature])
-    tables = {}  # device-resident token tables; batches carry only row indices
-    for name in order:
-        tables[f"{name}_ids"] = jnp.asarray(tables_np[f"{name}_ids"])
-        tables[f"{name}_mask"] = jnp.asarray(tables_np[f"{name}_mask"])
 
     def model_fn(rngs):
         return Recommender(
             bcfg,
             predictor,
-            len(order),
+            num_inputs,
             rngs=rngs,
             hidden_dims=(cfg.mlp_hidden,),
             proj_dim=cfg.dot_dim,
             encoder=pretrained,
         )
 
-    n_train = len(splits["train"]["label"])
-    steps = cfg.epochs * (n_train // cfg.batch_size)
-    tx = common.make_optimizer(
-        cfg.learning_rate,
-        steps,
-        warmup_steps=min(100, steps // 10),
-        weight_decay=cfg.weight_decay,
-        grad_clip=1.0,
-    )
-    graphdef, state, shardings = state_mod.create_train_state(model_fn, tx, mesh, rules, seed=seed)
-    step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, order=order),
-        donate_argnums=(0,),
-    )
-    predict_fn = jax.jit(functools.partial(predict_step, graphdef=graphdef, order=order))
-    predict = lambda p, t, b: predict_fn(p, state.rest, t, b)  # noqa: E731
+    return model_fn
 
-    def scores(params, split):
-        arr = splits[split]
-        out = []
-        for batch, n in _batches(arr, cfg.batch_size):
-            if n < cfg.batch_size:  # pad to a fixed shape
-                batch = {
-                    k: np.concatenate([v, np.repeat(v[-1:], cfg.batch_size - n, 0)])
-                    for k, v in batch.items()
-                }
-            out.append(np.asarray(predict(params, tables, batch))[:n])
-        return np.concatenate(out)
 
-    writer = metrics_mod.MetricWriter(run_dir, resume_step=0, enabled=jax.process_index() == 0)
-    rng = np.random.default_rng(seed)
-    best, best_auc, bad, global_step = None, -1.0, 0, 0
-    bar = metrics_mod.Progress(steps, f"recommend {feature}/{predictor}")
-    for epoch in range(cfg.epochs):
-        losses = []
-        for batch, _ in _batches(splits["train"], cfg.batch_size, rng):
-            state, m = step(state, tables, batch, common.fold_rng(seed, "recommend", global_step))
-            global_step += 1
-            losses.append(m["loss"])
-            # A stop mid-model loses only this model's partial epoch: it retrains from its seed.
-            if preemption.requested():
-                raise preemption.Preempted(
-                    f"stage recommend stopped in {feature}/{predictor} at step {global_step}; "
-                    "finished models are kept, this one retrains from its seed on rerun"
-                )
-            if global_step % 50 == 0:
-                bar.update(global_step, f"loss {float(m['loss']):.3f}")
-        bar.update(global_step, f"epoch {epoch + 1}")
-        val_logits = scores(state.params, "validation")
-        rep = metrics_mod.binary_report(splits["validation"]["label"], val_logits)
-        train_loss = float(np.mean(jax.device_get(losses)))
-        writer.write(
-            global_step,
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                **{f"val_{k}": v for k, v in rep.items()},
-            },
-        )
-        if rep["auc"] > best_auc:
-            best_auc, bad = rep["auc"], 0
-            best = jax.device_get(state.params)
-        else:
-            bad += 1
-            if bad > cfg.patience:
-                break
-    bar.close()
-    result = {
-        "feature_set": feature,
-        "predictor": predictor,
-        "seed": seed,
-        "best_val_auc": best_auc,
-        "steps": global_step,
+def _head_fn(cfg: RecommendConfig, dim: int, predictor: str, num_inputs: int):
+    from girl_jax.models.predictors import DotPredictor, MLPPredictor
+
+    def model_fn(rngs):
+        if predictor == "mlp":
+            return MLPPredictor(dim, num_inputs, (cfg.mlp_hidden,), rngs=rngs)
+        return DotPredictor(dim, num_inputs, cfg.dot_dim, rngs=rngs)
+
+    return model_fn
+
+
+def _device_tables(tables_np: dict, order, suffixes) -> dict:
+    return {
+        f"{name}_{sfx}": jnp.asarray(tables_np[f"{name}_{sfx}"])
+        for name in order
+        for sfx in suffixes
     }
-    for split in ("test", "cold_start"):
-        if len(splits[split]["label"]) and len(np.unique(splits[split]["label"])) == 2:
-            logits = scores(best, split)
-            result[split] = metrics_mod.binary_report(splits[split]["label"], logits)
-            if jax.process_index() == 0:
-                np.save(os.path.join(run_dir, f"{split}_logits.npy"), logits)
-    writer.close()
+
+
+def train_one(
+    cfg: RecommendConfig, feature, predictor, seed, tables_np, splits, out_dir, mesh, rules
+):
+    """One recommender (feature set x predictor x seed); its eval.json makes a rerun skip it.
+
+    `tables_np` holds token tables (`<text>_ids` / `_mask`, end_to_end) or embedding tables
+    (`<text>_emb`, frozen_encoder).
+    """
+    run_dir = common.stage_dir(out_dir, f"{feature}_{predictor}_s{seed}")
+    eval_path = os.path.join(run_dir, "eval.json")
+    if os.path.isfile(eval_path):
+        return json.load(open(eval_path))
+    order = ("cv", "jd", *FEATURE_SETS[feature])
+    if cfg.mode == "end_to_end":
+        bcfg, pretrained, _ = tables_np["encoder"]
+        model_fn = _recommender_fn(cfg, bcfg, pretrained, predictor, len(order))
+        forward = functools.partial(recommend_fit.token_forward, order=order)
+        tables = _device_tables(tables_np, order, ("ids", "mask"))
+        spec = recommend_fit.FitSpec(
+            cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.patience, seed
+        )
+    else:
+        dim = tables_np["cv_emb"].shape[1]
+        model_fn = _head_fn(cfg, dim, predictor, len(order))
+        forward = functools.partial(recommend_fit.embedding_forward, order=order)
+        tables = _device_tables(tables_np, order, ("emb",))
+        spec = recommend_fit.FitSpec(
+            cfg.head_epochs,
+            cfg.head_batch_size,
+            cfg.head_learning_rate,
+            cfg.weight_decay,
+            cfg.head_patience,
+            seed,
+        )
+    result, _ = recommend_fit.fit(
+        model_fn,
+        forward,
+        spec,
+        tables,
+        splits,
+        run_dir,
+        mesh,
+        rules,
+        name=f"recommend {feature}/{predictor}/s{seed}",
+    )
+    result = {"feature_set": feature, "predictor": predictor, "seed": seed, **result}
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(eval_path, result)
     return result
 
 
+def embed_all(cfg: RecommendConfig, tables_np, splits, out_dir, mesh, rules, seed: int) -> dict:
+    """frozen_encoder mode: fit the encoder once (Base features, MLP head), embed every text.
+
+    The encoder trains end to end on (CV, candidate JD) interactions for `cfg.epochs` epochs
+    (0: keep it as initialised, e.g. MiniLM) and is then frozen; `encoder/embeddings.npz` holds
+    one float32 row per CV, job and generated JD, so a rerun skips this.
+    """
+    run_dir = common.stage_dir(out_dir, "encoder")
+    path = os.path.join(run_dir, "embeddings.npz")
+    names = ("cv", "jd", "jd_sft", "jd_ppo")
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            return {f"{n}_emb": z[n] for n in names}
+    bcfg, pretrained, _ = tables_np["encoder"]
+    order = ("cv", "jd")
+    spec = recommend_fit.FitSpec(
+        cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.weight_decay, cfg.patience, seed
+    )
+    result, model = recommend_fit.fit(
+        _recommender_fn(cfg, bcfg, pretrained, "mlp", len(order)),
+        functools.partial(recommend_fit.token_forward, order=order),
+        spec,
+        _device_tables(tables_np, order, ("ids", "mask")),
+        splits,
+        run_dir,
+        mesh,
+        rules,
+        name="recommend encoder (Base/mlp)",
+        eval_splits=(),
+    )
+    embs = {
+        n: recommend_fit.embed_texts(model.encoder, tables_np[f"{n}_ids"], tables_np[f"{n}_mask"])
+        for n in names
+    }
+    if jax.process_index() == 0:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **embs)
+        os.replace(tmp, path)
+        ckpt_mod.write_json_atomic(os.path.join(run_dir, "eval.json"), result)
+    return {f"{n}_emb": e for n, e in embs.items()}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-    from girl_jax import checkpoint as ckpt_mod
     from girl_jax.data import prepare
     from girl_jax.parallel import mesh as mesh_mod
     from girl_jax.parallel import rules as rules_mod
@@ -335,15 +318,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "jd_idx": part["job_id"].map(job_index).to_numpy(np.int32),
             "label": part["label"].to_numpy(np.float32),
         }
-    results = []
-    for feature in cfg.feature_sets:
-        for predictor in cfg.predictors:
-            for seed in cfg.seeds:
-                results.append(
-                    train_one(
-                        config, cfg, feature, predictor, seed, tables, splits, out_dir, mesh, rules
-                    )
-                )
+    if cfg.mode == "frozen_encoder":
+        tables = embed_all(cfg, tables, splits, out_dir, mesh, rules, seed=config.seed)
+    results = [
+        train_one(cfg, feature, predictor, seed, tables, splits, out_dir, mesh, rules)
+        for feature in cfg.feature_sets
+        for predictor in cfg.predictors
+        for seed in cfg.seeds
+    ]
     summary = summarize(results)
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), summary)

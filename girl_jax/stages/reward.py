@@ -206,23 +206,48 @@ def make_tx(cfg: RewardConfig):
     )
 
 
-def score_dataset(score_fn, params, arrays, batch_size):
-    """Scores (or any per-row output, e.g. features [N, F]) for every row, in fixed-size batches
-    (the last one padded).
+def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32):
+    """Scores (or any per-row output, e.g. features [N, F]) for every row, in the input order.
 
-    `score_fn(params, ids, mask, response_mask)`; `arrays` holds input_ids, attention_mask and
-    response_mask [N, L].
+    `score_fn(params, ids, mask, response_mask)`; `arrays` holds right-padded input_ids,
+    attention_mask and response_mask [N, L]. Rows go through in order of length (the end of
+    their last valid token, so left padding is never cut), each batch cut to its longest row
+    rounded up to `multiple` (padding is ~1/3 of a [N, L] table here), the last batch padded:
+    a few compiled shapes and no work on all-pad columns. Per-token outputs [B, T', ...] come
+    back zero-padded to `trimmed_width(arrays, multiple)`.
     """
     keys = ("input_ids", "attention_mask", "response_mask")
-    n = len(arrays["input_ids"])
+    n, width = arrays["input_ids"].shape
+    mask = np.asarray(arrays["attention_mask"]).astype(bool)
+    lengths = np.where(mask.any(1), width - np.argmax(mask[:, ::-1], 1), 0)  # last valid + 1
+    order = np.argsort(lengths, kind="stable")
+    full = trimmed_width(arrays, multiple)
     out = []
     for b in range(0, n, batch_size):
-        rows = [arrays[k][b : b + batch_size] for k in keys]
-        pad = batch_size - len(rows[0])
+        idx = order[b : b + batch_size]
+        keep = min(width, -(-max(int(lengths[idx].max()), 1) // multiple) * multiple)
+        rows = [np.asarray(arrays[k])[idx, :keep] for k in keys]
+        pad = batch_size - len(idx)
         if pad:
             rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
-        out.append(np.asarray(jax.device_get(score_fn(params, *rows)))[: batch_size - pad])
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        o = np.asarray(jax.device_get(score_fn(params, *rows)))[: batch_size - pad]
+        if o.ndim == 3:  # per-token outputs: zero-pad back to the common width
+            o = np.pad(o, ((0, 0), (0, full - o.shape[1]), (0, 0)))
+        out.append(o)
+    if not out:
+        return np.zeros(0, np.float32)
+    stacked = np.concatenate(out)
+    result = np.empty_like(stacked)
+    result[order] = stacked
+    return result
+
+
+def trimmed_width(arrays, multiple: int = 32) -> int:
+    """The columns any row of `arrays` uses, rounded up to `multiple` (at most the width)."""
+    mask = np.asarray(arrays["attention_mask"]).astype(bool)
+    width = mask.shape[1]
+    used = width - int(np.argmax(mask.any(0)[::-1])) if mask.any() else 1
+    return min(width, -(-used // multiple) * multiple)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -239,7 +264,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     from girl_jax.parallel import mesh as mesh_mod
     from girl_jax.parallel import rules as rules_mod
     from girl_jax.parallel import state as state_mod
-    from girl_jax.stages import sft
+    from girl_jax.stages import reward_probe, sft
 
     cfg = RewardConfig.from_config(config.reward)
     out_dir = common.stage_dir(workdir, "reward")
@@ -273,7 +298,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         # params still used for evaluation.
         params = transplant_trunk(sft_params, state.params)
         if cfg.probe_epochs:
-            params, probe_history = _probe_head(cfg, graphdef, params, train, val, config.seed)
+            params, probe_history = reward_probe.probe(
+                cfg, graphdef, params, train, val, config.seed
+            )
         state = state.replace(params=common.fresh_copy(params, shardings.params))
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, cfg=cfg),
@@ -367,50 +394,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     writer.close()
     return result
-
-
-def _probe_head(cfg: RewardConfig, graphdef, params, train, val, seed):
-    """Fits the reward head on frozen-trunk features (see reward_probe); returns full params."""
-    from girl_jax.stages import reward_probe
-
-    model = nnx.merge(graphdef, params)
-    features_fn = jax.jit(lambda p, i, m, r: nnx.merge(graphdef, p).features(i, m, r))
-
-    def feats(ids, mask, resp):
-        arrays = {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
-        return score_dataset(features_fn, params, arrays, cfg.probe_batch_size)
-
-    if cfg.objective == "pointwise":
-        train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])
-        train_y = train["label"]
-    else:
-        train_x = np.stack(
-            [
-                feats(train[f"{k}_ids"], train[f"{k}_mask"], train[f"{k}_response_mask"])
-                for k in ("chosen", "rejected")
-            ]
-        )
-        train_y = None
-    val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"])
-    head_graphdef, head_params = nnx.split(model.reward_head)
-    best, history = reward_probe.fit_head(
-        head_graphdef,
-        head_params,
-        train_x,
-        train_y,
-        val_x,
-        val["label"],
-        objective=cfg.objective,
-        epochs=cfg.probe_epochs,
-        batch_size=cfg.probe_batch_size,
-        learning_rate=cfg.probe_learning_rate,
-        weight_decay=cfg.weight_decay,
-        patience=cfg.probe_patience,
-        seed=seed,
-        margin=cfg.margin,
-    )
-    nnx.update(model.reward_head, best)
-    return nnx.state(model, nnx.Param), history
 
 
 def _oracle_tracking(

@@ -20,11 +20,21 @@ from flax import nnx
 
 
 def probe_loss(head_params, head_graphdef, x, y, *, objective: str, margin: float = 0.0):
-    """Pointwise: x [B, F], y [B] labels -> BCE. Pairwise: x [2, B, F] (chosen, rejected) -> BT."""
+    """Pointwise: x [B, ...], y [B] labels -> BCE. Pairwise: x [2, B, ...] (chosen, rejected)
+    -> Bradley-Terry. x is an array or a pytree of arrays (token heads: states and masks)."""
     head = nnx.merge(head_graphdef, head_params)
     if objective == "pointwise":
         return optax.sigmoid_binary_cross_entropy(head(x), y).mean()
-    return -jax.nn.log_sigmoid(head(x[0]) - head(x[1]) - margin).mean()
+    chosen, rejected = (jax.tree.map(lambda a, i=i: a[i], x) for i in (0, 1))
+    return -jax.nn.log_sigmoid(head(chosen) - head(rejected) - margin).mean()
+
+
+def _rows(tree, idx, axis: int):
+    return jax.tree.map(lambda a: np.take(a, idx, axis=axis), tree)
+
+
+def _num_rows(tree, axis: int) -> int:
+    return jax.tree.leaves(tree)[0].shape[axis]
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -36,9 +46,9 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def fit_head(
     head_graphdef,
     head_params,
-    train_x: np.ndarray,
+    train_x,
     train_y: np.ndarray | None,
-    val_x: np.ndarray,
+    val_x,
     val_y: np.ndarray,
     *,
     objective: str,
@@ -53,9 +63,10 @@ def fit_head(
 ):
     """Adam on the head alone over cached features; returns (best head params, history).
 
-    train_x is [N, F] with train_y [N] (pointwise) or [2, N, F] chosen / rejected (pairwise).
-    The head kept is the one with the best validation AUC (val_x [M, F], labels val_y [M]);
-    training stops after `patience` epochs without a better one.
+    train_x is [N, ...] with train_y [N] (pointwise) or [2, N, ...] chosen / rejected
+    (pairwise); an array (pooled features) or a pytree of arrays (a token head's states and
+    masks). The head kept is the one with the best validation AUC (val_x [M, ...], labels
+    val_y [M]); training stops after `patience` epochs without a better one.
     """
     tx = optax.adamw(learning_rate, weight_decay=weight_decay)
     loss = functools.partial(probe_loss, objective=objective, margin=margin)
@@ -66,8 +77,19 @@ def fit_head(
         updates, opt = tx.update(grads, opt, hp)
         return optax.apply_updates(hp, updates), opt, value
 
-    score = jax.jit(lambda hp, x: nnx.merge(head_graphdef, hp)(x))
-    n = train_x.shape[-2]
+    score_fn = jax.jit(lambda hp, x: nnx.merge(head_graphdef, hp)(x))
+    axis = 0 if objective == "pointwise" else 1
+    n = _num_rows(train_x, axis)
+
+    def score(hp, x):
+        m = _num_rows(x, 0)
+        return np.concatenate(
+            [
+                np.asarray(score_fn(hp, _rows(x, np.arange(b, min(b + bs, m)), 0)))
+                for b in range(0, m, bs)
+            ]
+        )
+
     bs = min(batch_size, n)
     rng = np.random.default_rng(seed)
     opt = tx.init(head_params)
@@ -77,7 +99,7 @@ def fit_head(
         losses = []
         for b in range(0, n - bs + 1, bs):  # full batches only: one compiled shape
             idx = perm[b : b + bs]
-            x = train_x[..., idx, :]
+            x = _rows(train_x, idx, axis)
             y = train_y[idx] if train_y is not None else jnp.zeros((bs,), jnp.float32)
             head_params, opt, value = step(head_params, opt, x, y)
             losses.append(value)
@@ -93,3 +115,76 @@ def fit_head(
             if since >= patience:
                 break
     return best, history
+
+
+def probe(cfg, graphdef, params, train, val, seed: int):
+    """Fits the reward head on frozen-trunk features; returns (full params, history).
+
+    Features are computed once: pooled [N, F] for pooled heads, or for token heads
+    (`attn_mlp`) the trunk's states as float16 [N, W, D] (W = longest row, rounded to 32) with
+    their masks: ~1 GB for the default market's 16.5k training rows.
+    """
+    from girl_jax.models.heads import TOKEN_HEADS
+    from girl_jax.stages.reward import score_dataset, trimmed_width
+
+    model = nnx.merge(graphdef, params)
+    token_head = model.reward_head.head in TOKEN_HEADS
+
+    def feature_fn(p, i, m, r):
+        f = nnx.merge(graphdef, p).features(i, m, r)
+        return f["hidden"].astype(jnp.float16) if token_head else f
+
+    features_fn = jax.jit(feature_fn)
+
+    def feats(ids, mask, resp):
+        arrays = {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
+        x = score_dataset(features_fn, params, arrays, cfg.probe_batch_size)
+        if not token_head:
+            return x
+        w = trimmed_width(arrays)
+        return {"hidden": x, "mask": mask[:, :w], "response_mask": resp[:, :w]}
+
+    if cfg.objective == "pointwise":
+        train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])
+        train_y = train["label"]
+    else:  # chosen and rejected must share a width to stack
+        c = {k.removeprefix("chosen_"): v for k, v in train.items() if k.startswith("chosen_")}
+        r = {k.removeprefix("rejected_"): v for k, v in train.items() if k.startswith("rejected_")}
+        w = max(
+            trimmed_width({"attention_mask": c["mask"]}),
+            trimmed_width({"attention_mask": r["mask"]}),
+        )
+        sides = [
+            feats(d["ids"][:, :w], d["mask"][:, :w], d["response_mask"][:, :w]) for d in (c, r)
+        ]
+        if token_head:
+            w2 = max(x["hidden"].shape[1] for x in sides)
+            sides = [_pad_tokens(x, w2) for x in sides]
+        train_x, train_y = jax.tree.map(lambda *a: np.stack(a), *sides), None
+    val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"])
+    head_graphdef, head_params = nnx.split(model.reward_head)
+    best, history = fit_head(
+        head_graphdef,
+        head_params,
+        train_x,
+        train_y,
+        val_x,
+        val["label"],
+        objective=cfg.objective,
+        epochs=cfg.probe_epochs,
+        batch_size=cfg.probe_batch_size,
+        learning_rate=cfg.probe_learning_rate,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.probe_patience,
+        seed=seed,
+        margin=cfg.margin,
+    )
+    nnx.update(model.reward_head, best)
+    return nnx.state(model, nnx.Param), history
+
+
+def _pad_tokens(x: dict, width: int) -> dict:
+    def pad(a):
+        return np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    return jax.tree.map(pad, x)

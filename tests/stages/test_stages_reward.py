@@ -5,6 +5,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from girl_jax.configuration import load_config
 from girl_jax.models.decoder import DecoderConfig
@@ -64,7 +65,7 @@ def _train(objective, steps=60, head=None):
     return losses, m, g, st
 
 
-@pytest.mark.parametrize("head", [None, "last", "mean", "pooled_mlp"])
+@pytest.mark.parametrize("head", [None, "last", "mean", "pooled_mlp", "attn_mlp"])
 @pytest.mark.parametrize("objective", ["pointwise", "pairwise"])
 def test_both_objectives_train(objective, head):
     losses, m, _, _ = _train(objective, head=head)
@@ -80,7 +81,7 @@ def test_score_reads_last_valid_token_and_ignores_padding():
     np.testing.assert_allclose(
         np.asarray(reward.scores(st.params, g, padded_ids, mask)), np.asarray(s), atol=1e-5
     )
-    values, _ = __import__("flax").nnx.merge(g, st.params)(ids, mask)
+    values, _ = nnx.merge(g, st.params)(ids, mask)
     last = mask.sum(1) - 1
     np.testing.assert_allclose(np.asarray(s), np.asarray(values)[np.arange(8), last], atol=1e-6)
 
@@ -157,3 +158,89 @@ def test_probe_fits_the_head_on_cached_features(objective):
     assert seen == list(range(1, len(hist) + 1))
     s = np.asarray(nnx.merge(g, best)(x[1500:]))
     assert reward_probe._auc(y[1500:], s) == pytest.approx(max(aucs))
+
+
+def test_score_dataset_sorts_trims_and_restores_order():
+    """Length-sorted, trimmed batches give the same per-row outputs, in the input order."""
+    from girl_jax.models.heads import RewardModel
+
+    model = RewardModel(CFG, rngs=nnx.Rngs(0), head="pooled_mlp", head_hidden=8)
+    g, p = nnx.split(model)
+    rng = np.random.default_rng(0)
+    n, L = 37, 16
+    ids = rng.integers(1, 24, (n, L)).astype(np.int32)
+    lengths = rng.integers(3, L + 1, n)
+    mask = (np.arange(L)[None] < lengths[:, None]).astype(np.int32)
+    resp = mask * (np.arange(L)[None] >= 2)
+    arrays = {"input_ids": ids * mask, "attention_mask": mask, "response_mask": resp}
+    widths = []
+
+    def feats(params, i, m, r):
+        widths.append(i.shape[1])
+        return nnx.merge(g, params).features(i, m, r)
+
+    out = reward.score_dataset(feats, p, arrays, batch_size=8, multiple=4)
+    full = np.asarray(feats(p, arrays["input_ids"], mask, resp))
+    np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
+    assert min(widths[:-1]) < L  # short rows ran on trimmed batches
+
+
+def test_attention_pool_matches_numpy_and_ignores_padding():
+    from girl_jax.models.heads import RewardModel, attention_pool
+
+    rng = np.random.default_rng(1)
+    h = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    logits = rng.normal(size=(3, 6, 2)).astype(np.float32)
+    sel = np.array([[1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1]], bool)
+    want = np.zeros((3, 2, 4), np.float32)
+    for b in range(3):
+        for q in range(2):
+            if sel[b].any():
+                e = np.exp(logits[b, sel[b], q] - logits[b, sel[b], q].max())
+                want[b, q] = (e / e.sum()) @ h[b, sel[b]]
+    got = attention_pool(h, logits, sel)
+    np.testing.assert_allclose(np.asarray(got), want.reshape(3, -1), rtol=1e-5, atol=1e-6)
+
+    model = RewardModel(CFG, rngs=nnx.Rngs(0), head="attn_mlp", head_hidden=16)
+    ids, mask, _ = _data(n=8)
+    resp = mask * (np.arange(mask.shape[1]) >= 3)
+    s = model(ids, mask, resp)[0]
+    s2 = model(np.where(mask == 1, ids, 13), mask, resp)[0]
+    np.testing.assert_allclose(np.asarray(s2), np.asarray(s), atol=1e-5)
+    with pytest.raises(Exception, match="response mask"):
+        model(ids, mask, None)
+
+
+@pytest.mark.parametrize("objective", ["pointwise", "pairwise"])
+def test_probe_on_token_states_fits_the_attention_head(objective):
+    """reward_probe.probe with the token head: cached states in, a head that separates out."""
+    from girl_jax.models.heads import RewardModel
+    from girl_jax.stages import reward_probe
+
+    c = load_config("configs/default.py:smoke").reward
+    c.update(objective=objective, head="attn_mlp", probe_epochs=25, probe_batch_size=32)
+    c.update(probe_learning_rate=1e-2, probe_patience=25, head_hidden=32)
+    cfg = reward.RewardConfig.from_config(c)
+    model = RewardModel(CFG, rngs=nnx.Rngs(0), head="attn_mlp", head_hidden=32)
+    g, p = nnx.split(model)
+    ids, mask, label = _data(n=256)
+    resp = mask.copy()
+    ids, mask, resp = (np.pad(a, ((0, 0), (0, 6))) for a in (ids, mask, resp))  # spare width
+    rows = {"input_ids": ids, "attention_mask": mask, "response_mask": resp, "label": label}
+    tr = {k: v[:192] for k, v in rows.items()}
+    val = {k: v[192:] for k, v in rows.items()}
+    if objective == "pairwise":
+        pos, neg = tr["label"] == 1, tr["label"] == 0
+        k = min(pos.sum(), neg.sum())
+        tr = {
+            **{f"chosen_{n}": tr[f"input_{n}" if n == "ids" else n][pos][:k] for n in ("ids",)},
+            "chosen_mask": tr["attention_mask"][pos][:k],
+            "chosen_response_mask": tr["response_mask"][pos][:k],
+            "rejected_ids": tr["input_ids"][neg][:k],
+            "rejected_mask": tr["attention_mask"][neg][:k],
+            "rejected_response_mask": tr["response_mask"][neg][:k],
+        }
+    params, history = reward_probe.probe(cfg, g, p, tr, val, seed=0)
+    assert max(h["probe_val_auc"] for h in history) > 0.9, history
+    s = nnx.merge(g, params)(val["input_ids"], val["attention_mask"], val["response_mask"])[0]
+    assert reward_probe._auc(val["label"], np.asarray(s)) > 0.9

@@ -1,0 +1,205 @@
+"""The recommender's training loop, shared by end-to-end models and heads on frozen embeddings.
+
+A model reads per-interaction rows of device-resident tables through a `forward` function:
+`token_forward` gathers token ids (the BERT encoder runs inside the step), `embedding_forward`
+gathers precomputed text embeddings (only the predictor trains). `fit` runs BCE training with
+early stopping on validation AUC and evaluates the best parameters on test and cold-start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from girl_jax import preemption
+from girl_jax.stages import common
+
+# ---------------------------------------------------------------- forward passes
+
+
+def token_forward(model, tables, batch, *, order):
+    """Recommender(ids [N, B, T], mask [N, B, T]) on the texts of each interaction."""
+    ids = jnp.stack([tables[f"{name}_ids"][batch[f"{name}_idx"]] for name in order])
+    mask = jnp.stack([tables[f"{name}_mask"][batch[f"{name}_idx"]] for name in order])
+    return model(ids, mask)
+
+
+def embedding_forward(model, tables, batch, *, order):
+    """Predictor([emb_0 [B, D], ...]) on precomputed embeddings of each interaction's texts."""
+    return model([tables[f"{name}_emb"][batch[f"{name}_idx"]] for name in order])
+
+
+def loss_fn(params, rest, tables, batch, *, graphdef, forward):
+    logits = forward(nnx.merge(graphdef, params, rest), tables, batch)
+    return optax.sigmoid_binary_cross_entropy(logits, batch["label"]).mean()
+
+
+def train_step(state, tables, batch, *, graphdef, tx, forward):
+    """One AdamW step; a non-finite loss or gradient leaves the state unchanged."""
+    loss, grads = jax.value_and_grad(loss_fn)(
+        state.params, state.rest, tables, batch, graphdef=graphdef, forward=forward
+    )
+    new = state.apply_gradients(grads, tx)
+    finite = common.all_finite(loss, grads)
+    return common.select_tree(finite, new, state), dict(
+        loss=loss, finite=finite.astype(jnp.float32)
+    )
+
+
+def predict_step(params, rest, tables, batch, *, graphdef, forward):
+    return forward(nnx.merge(graphdef, params, rest), tables, batch)
+
+
+# ---------------------------------------------------------------- loop
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSpec:
+    """How one model trains: its epochs, batch and optimizer."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    seed: int
+
+
+def batches(arrays, batch_size, rng=None):
+    """Index batches; shuffled and without the ragged tail when `rng` is given."""
+    n = len(arrays["label"])
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for b in range(0, n - (n % batch_size if rng is not None else 0), batch_size):
+        idx = order[b : b + batch_size]
+        yield {k: v[idx] for k, v in arrays.items()}, len(idx)
+
+
+def fit(
+    model_fn: Callable,
+    forward: Callable,
+    spec: FitSpec,
+    tables: dict,
+    splits: dict,
+    run_dir: str,
+    mesh,
+    rules,
+    *,
+    name: str,
+    eval_splits=("test", "cold_start"),
+) -> tuple[dict, nnx.Module]:
+    """Train, early-stop on validation AUC, evaluate the best params on `eval_splits`.
+
+    Returns (result, the model with the best validation parameters).
+    Writes `run_dir/metrics.jsonl` (+ TensorBoard) and `<split>_logits.npy`.
+    """
+    from girl_jax import metrics as metrics_mod
+    from girl_jax.parallel import state as state_mod
+
+    n_train = len(splits["train"]["label"])
+    steps_per_epoch = max(n_train // spec.batch_size, 1)
+    steps = spec.epochs * steps_per_epoch
+    tx = common.make_optimizer(
+        spec.learning_rate,
+        steps,
+        warmup_steps=min(100, steps // 10),
+        weight_decay=spec.weight_decay,
+        grad_clip=1.0,
+    )
+    graphdef, state, _ = state_mod.create_train_state(model_fn, tx, mesh, rules, seed=spec.seed)
+    step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, forward=forward),
+        donate_argnums=(0,),
+    )
+    predict = jax.jit(functools.partial(predict_step, graphdef=graphdef, forward=forward))
+
+    def scores(params, rest, split):
+        out = []
+        for batch, n in batches(splits[split], spec.batch_size):
+            if n < spec.batch_size:  # pad to a fixed shape: one compiled program
+                batch = {
+                    k: np.concatenate([v, np.repeat(v[-1:], spec.batch_size - n, 0)])
+                    for k, v in batch.items()
+                }
+            out.append(np.asarray(predict(params, rest, tables, batch))[:n])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    writer = metrics_mod.MetricWriter(run_dir, resume_step=0, enabled=jax.process_index() == 0)
+    rng = np.random.default_rng(spec.seed)
+    best, best_auc, bad, global_step = None, -1.0, 0, 0
+    bar = metrics_mod.Progress(steps, name)
+    epochs_run = 0
+    for epoch in range(spec.epochs):
+        epochs_run = epoch + 1
+        losses = []
+        for batch, _ in batches(splits["train"], spec.batch_size, rng):
+            state, m = step(state, tables, batch)
+            global_step += 1
+            losses.append(m["loss"])
+            # A stop mid-model loses only this model's partial run: it retrains from its seed.
+            if preemption.requested():
+                raise preemption.Preempted(
+                    f"stage recommend stopped in {name} at step {global_step}; finished "
+                    "models are kept, this one retrains from its seed on rerun"
+                )
+            if global_step % 50 == 0:
+                bar.update(global_step, f"loss {float(m['loss']):.3f}")
+        bar.update(global_step, f"epoch {epoch + 1}")
+        rep = metrics_mod.binary_report(
+            splits["validation"]["label"], scores(state.params, state.rest, "validation")
+        )
+        writer.write(
+            global_step,
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(jax.device_get(losses))),
+                **{f"val_{k}": v for k, v in rep.items()},
+            },
+        )
+        if rep["auc"] > best_auc:
+            best_auc, bad = rep["auc"], 0
+            best = jax.device_get((state.params, state.rest))
+        else:
+            bad += 1
+            if bad > spec.patience:
+                break
+    bar.close()
+    writer.close()
+    if best is None:  # epochs == 0: the model as initialised
+        best = jax.device_get((state.params, state.rest))
+    result = {
+        "best_val_auc": best_auc,
+        "steps": global_step,
+        "epochs_run": epochs_run,
+    }
+    for split in eval_splits:
+        labels = splits[split]["label"]
+        if len(labels) and len(np.unique(labels)) == 2:
+            logits = scores(*best, split)
+            result[split] = metrics_mod.binary_report(labels, logits)
+            if jax.process_index() == 0:
+                np.save(os.path.join(run_dir, f"{split}_logits.npy"), logits)
+    return result, nnx.merge(graphdef, *best)
+
+
+def embed_texts(encoder, ids, mask, batch_size: int = 256) -> np.ndarray:
+    """Pooled embeddings [N, D] (float32) of token tables [N, T], in fixed-shape batches."""
+    graphdef, params = nnx.split(encoder)
+    embed = jax.jit(lambda p, i, m: nnx.merge(graphdef, p).embed(i, m))
+    n = len(ids)
+    out = []
+    for b in range(0, n, batch_size):
+        i, m = ids[b : b + batch_size], mask[b : b + batch_size]
+        pad = batch_size - len(i)
+        if pad:
+            i = np.concatenate([i, np.repeat(i[-1:], pad, 0)])
+            m = np.concatenate([m, np.repeat(m[-1:], pad, 0)])
+        out.append(np.asarray(embed(params, i, m))[: batch_size - pad])
+    return np.concatenate(out).astype(np.float32)
