@@ -84,15 +84,16 @@ def get_config(arg=None):
         objective="pointwise",  # "pointwise" (BCE on labels) | "pairwise" (Bradley-Terry)
         # head: "last" (linear on the last token's state, InstructGPT) | "mean" (linear on the
         # JD tokens' mean state) | "pooled_mlp" (MLP on [last, mean JD, mean CV, JD*CV])
-        head="pooled_mlp",
+        # | "attn_mlp" (pooled_mlp + learned attention pooling over the JD's and the CV's tokens)
+        head="attn_mlp",
         head_hidden=256,
         # Linear probing first: the head is fitted on features of the frozen SFT trunk, computed
         # once (epochs are cheap), early-stopped on validation AUC; then `steps` of end-to-end
         # fine-tuning (0: keep the probed model). See girl_jax/stages/reward_probe.py.
-        probe_epochs=40,
+        probe_epochs=30,
         probe_batch_size=256,
-        probe_learning_rate=1e-3,
-        probe_patience=5,
+        probe_learning_rate=2e-3,
+        probe_patience=4,
         batch_size=32,
         steps=0,
         learning_rate=1e-3,
@@ -107,7 +108,7 @@ def get_config(arg=None):
         log_every=20,
     )
     c.ppo = dict(
-        iterations=40,
+        iterations=20,
         batch_size=64,  # prompts (x group_size samples) per iteration
         group_size=1,  # k samples per CV (grpo / rloo need k > 1)
         epochs=2,
@@ -140,7 +141,7 @@ def get_config(arg=None):
         temperature=1.0,
         top_k=0,
         top_p=1.0,
-        max_new_tokens=112,
+        max_new_tokens=96,  # the market's JDs are <= 91 tokens with EOS
         eval_every=10,
         num_eval_prompts=128,
         checkpoint_every=10,

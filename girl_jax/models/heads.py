@@ -116,7 +116,8 @@ class RewardHead(nnx.Module):
     """Features -> score [B]: linear (`last`, `mean`) or a one-hidden-layer MLP.
 
     `pooled_mlp` reads pooled features [B, 4D]. `attn_mlp` reads the token states
-    {"hidden": [B, T, D], "mask", "response_mask"}: the pooled_mlp features plus `queries`
+    {"hidden": [B, T, D], "mask", "response_mask"(, "pooled")}: the pooled_mlp features (taken
+    from "pooled" when given: the probe computes them once) plus `queries`
     learned attention poolings over the JD tokens and as many over the CV tokens (a query can
     single out the requirements, pay or place of a JD, which a plain mean blurs).
     """
@@ -144,9 +145,10 @@ class RewardHead(nnx.Module):
             h = h.astype(jnp.float32)
             valid = mask.astype(bool)
             jd = resp.astype(bool) & valid
+            pooled = feats.get("pooled")  # cached by the probe; else computed here
             x = jnp.concatenate(
                 [
-                    pool_features(h, mask, resp, "pooled_mlp"),
+                    pool_features(h, mask, resp, "pooled_mlp") if pooled is None else pooled,
                     attention_pool(h, self.query_jd(h), jd),
                     attention_pool(h, self.query_cv(h), valid & ~jd),
                 ],

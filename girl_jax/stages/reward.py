@@ -213,8 +213,8 @@ def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32):
     attention_mask and response_mask [N, L]. Rows go through in order of length (the end of
     their last valid token, so left padding is never cut), each batch cut to its longest row
     rounded up to `multiple` (padding is ~1/3 of a [N, L] table here), the last batch padded:
-    a few compiled shapes and no work on all-pad columns. Per-token outputs [B, T', ...] come
-    back zero-padded to `trimmed_width(arrays, multiple)`.
+    a few compiled shapes and no work on all-pad columns. The output may be a pytree of arrays;
+    per-token outputs [B, T', D] come back zero-padded to `trimmed_width(arrays, multiple)`.
     """
     keys = ("input_ids", "attention_mask", "response_mask")
     n, width = arrays["input_ids"].shape
@@ -230,16 +230,24 @@ def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32):
         pad = batch_size - len(idx)
         if pad:
             rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
-        o = np.asarray(jax.device_get(score_fn(params, *rows)))[: batch_size - pad]
-        if o.ndim == 3:  # per-token outputs: zero-pad back to the common width
-            o = np.pad(o, ((0, 0), (0, full - o.shape[1]), (0, 0)))
-        out.append(o)
+        o = jax.device_get(score_fn(params, *rows))
+        rows_here = len(idx)
+        out.append(jax.tree.map(lambda a, n=rows_here: _restore_width(np.asarray(a)[:n], full), o))
     if not out:
         return np.zeros(0, np.float32)
-    stacked = np.concatenate(out)
-    result = np.empty_like(stacked)
-    result[order] = stacked
-    return result
+
+    def unsort(*parts):
+        stacked = np.concatenate(parts)
+        result = np.empty_like(stacked)
+        result[order] = stacked
+        return result
+
+    return jax.tree.map(unsort, *out)
+
+
+def _restore_width(a: np.ndarray, full: int) -> np.ndarray:
+    """Per-token outputs [B, T', D] are zero-padded back to the common width `full`."""
+    return np.pad(a, ((0, 0), (0, full - a.shape[1]), (0, 0))) if a.ndim == 3 else a
 
 
 def trimmed_width(arrays, multiple: int = 32) -> int:

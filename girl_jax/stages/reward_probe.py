@@ -124,7 +124,7 @@ def probe(cfg, graphdef, params, train, val, seed: int):
     (`attn_mlp`) the trunk's states as float16 [N, W, D] (W = longest row, rounded to 32) with
     their masks: ~1 GB for the default market's 16.5k training rows.
     """
-    from girl_jax.models.heads import TOKEN_HEADS
+    from girl_jax.models.heads import TOKEN_HEADS, pool_features
     from girl_jax.stages.reward import score_dataset, trimmed_width
 
     model = nnx.merge(graphdef, params)
@@ -132,7 +132,11 @@ def probe(cfg, graphdef, params, train, val, seed: int):
 
     def feature_fn(p, i, m, r):
         f = nnx.merge(graphdef, p).features(i, m, r)
-        return f["hidden"].astype(jnp.float16) if token_head else f
+        if not token_head:
+            return f
+        # pooled features once, in float32; the states the attention reads, in float16
+        pooled = pool_features(f["hidden"], m, r, "pooled_mlp")
+        return {"pooled": pooled, "hidden": f["hidden"].astype(jnp.float16)}
 
     features_fn = jax.jit(feature_fn)
 
@@ -142,7 +146,7 @@ def probe(cfg, graphdef, params, train, val, seed: int):
         if not token_head:
             return x
         w = trimmed_width(arrays)
-        return {"hidden": x, "mask": mask[:, :w], "response_mask": resp[:, :w]}
+        return {**x, "mask": mask[:, :w], "response_mask": resp[:, :w]}
 
     if cfg.objective == "pointwise":
         train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])
@@ -184,7 +188,9 @@ def probe(cfg, graphdef, params, train, val, seed: int):
 
 
 def _pad_tokens(x: dict, width: int) -> dict:
+    """Zero-pads the per-token entries (not the pooled features) to `width` columns."""
+
     def pad(a):
         return np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
 
-    return jax.tree.map(pad, x)
+    return {k: v if k == "pooled" else pad(v) for k, v in x.items()}
