@@ -51,7 +51,10 @@ def _fmt(x, nd=4):
 
 
 def results_table(rec: dict) -> str:
-    """The paper-style table: rows Base / GIRL-SFT / GIRL, AUC and LogLoss per predictor."""
+    """The paper-style table: rows Base / GIRL-SFT / GIRL, AUC and LogLoss per predictor.
+
+    With several seeds a cell reads `mean ± std`; other rows add the change vs Base's mean.
+    """
     preds = sorted({p for row in rec.values() for p in row})
     head = "| feature set | " + " | ".join(f"{p.upper()} AUC | {p.upper()} LogLoss" for p in preds)
     lines = [head + " |", "|---" * (1 + 2 * len(preds)) + "|"]
@@ -64,13 +67,15 @@ def results_table(rec: dict) -> str:
             c = rec[feat].get(p, {})
             auc, ll = c.get("auc"), c.get("logloss")
             b = base.get(p, {})
+            cell_auc, cell_ll = _fmt(auc), _fmt(ll)
+            if "auc_std" in c:
+                cell_auc += f" ± {c['auc_std']:.4f}"
+            if "logloss_std" in c:
+                cell_ll += f" ± {c['logloss_std']:.4f}"
             if feat != "Base" and auc is not None and b.get("auc"):
-                cells += [
-                    f"{auc:.4f} ({(auc / b['auc'] - 1) * 100:+.1f}%)",
-                    f"{ll:.4f} ({(ll / b['logloss'] - 1) * 100:+.1f}%)",
-                ]
-            else:
-                cells += [_fmt(auc), _fmt(ll)]
+                cell_auc += f" ({(auc / b['auc'] - 1) * 100:+.1f}%)"
+                cell_ll += f" ({(ll / b['logloss'] - 1) * 100:+.1f}%)"
+            cells += [cell_auc, cell_ll]
         lines.append(f"| {feat} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
