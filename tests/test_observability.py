@@ -280,6 +280,26 @@ def _recommender_table(table, where):
 
 
 @slow
+def test_oracle_generator_script_adds_an_upper_bound_row(run_dir, tmp_path):
+    """scripts/oracle_generator.py trains the GIRL heads on the oracle's best real JD."""
+    import importlib.util
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    path = os.path.join(ROOT, "scripts", "oracle_generator.py")
+    spec = importlib.util.spec_from_file_location("oracle_generator", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = os.path.join(ROOT, "configs", "default.py") + ":smoke"
+    assert mod.main(["--workdir", copy, "--config", config]) == 0
+    summary = json.load(open(os.path.join(copy, "oracle_generator", "summary.json")))
+    for split in ("test", "cold_start"):
+        rows = summary[split]
+        assert {"Base", "GIRL-SFT", "GIRL", "oracle-best JD"} <= set(rows)
+        for cell in rows["oracle-best JD"].values():
+            assert 0.0 <= cell["auc"] <= 1.0 and math.isfinite(cell["logloss"])
+
+
 def test_results_json_schema(run_dir):
     with open(os.path.join(run_dir, "results.json")) as f:
         res = json.load(f)
