@@ -34,13 +34,12 @@ def main(argv=None) -> int:
     data = prepare.load(args.workdir)
     if data.market is None:
         raise SystemExit("oracle_generator needs the embedded market (its oracle)")
-    df = data.interactions
-    seekers = generate.load(args.workdir).set_index("seeker_id")
-    jobs = df.drop_duplicates("job_id")[["job_id", "jd"]].reset_index(drop=True)
-    seeker_index = {s: i for i, s in enumerate(seekers.index)}
-    job_index = {j: i for i, j in enumerate(jobs["job_id"])}
-    with np.load(os.path.join(args.workdir, "recommend", "encoder", "embeddings.npz")) as z:
-        tables = {f"{n}_emb": z[n] for n in ("cv", "jd", "jd_sft", "jd_ppo")}
+    seekers, jobs, splits = recommend.interaction_index(
+        data.interactions, generate.load(args.workdir)
+    )
+    tables = recommend.load_embeddings(os.path.join(args.workdir, "recommend"))
+    if tables is None:
+        raise SystemExit(f"{args.workdir}/recommend/encoder/embeddings.npz is missing: run first")
     job_ids = jobs["job_id"].to_numpy()
     best = np.array(
         [
@@ -49,17 +48,6 @@ def main(argv=None) -> int:
         ]
     )
     tables["jd_ppo_emb"] = tables["jd_emb"][best]  # the GIRL slot holds the oracle's best JD
-    splits = {}
-    for split in ("train", "validation", "test", "cold_start"):
-        part = df[df["split"] == split]
-        s_idx = part["seeker_id"].map(seeker_index).to_numpy(np.int32)
-        splits[split] = {
-            "cv_idx": s_idx,
-            "jd_sft_idx": s_idx,
-            "jd_ppo_idx": s_idx,
-            "jd_idx": part["job_id"].map(job_index).to_numpy(np.int32),
-            "label": part["label"].to_numpy(np.float32),
-        }
     mesh = mesh_mod.make_mesh(config.mesh)
     out_dir = os.path.join(args.workdir, "oracle_generator")
     runs = [

@@ -31,6 +31,7 @@ from girl_jax.stages import common, recommend_fit
 
 FEATURE_SETS = {"Base": (), "GIRL-SFT": ("jd_sft",), "GIRL": ("jd_ppo",)}
 MODES = ("frozen_encoder", "end_to_end")
+TEXT_TABLES = ("cv", "jd", "jd_sft", "jd_ppo")  # seekers' CVs, jobs' JDs, generated JDs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,12 +240,11 @@ def embed_all(cfg: RecommendConfig, tables_np, splits, out_dir, mesh, rules, see
     (0: keep it as initialised, e.g. MiniLM) and is then frozen; `encoder/embeddings.npz` holds
     one float32 row per CV, job and generated JD, so a rerun skips this.
     """
+    cached = load_embeddings(out_dir)
+    if cached is not None:
+        return cached
     run_dir = common.stage_dir(out_dir, "encoder")
     path = os.path.join(run_dir, "embeddings.npz")
-    names = ("cv", "jd", "jd_sft", "jd_ppo")
-    if os.path.isfile(path):
-        with np.load(path) as z:
-            return {f"{n}_emb": z[n] for n in names}
     bcfg, pretrained, _ = tables_np["encoder"]
     order = ("cv", "jd")
     spec = recommend_fit.FitSpec(
@@ -262,16 +262,56 @@ def embed_all(cfg: RecommendConfig, tables_np, splits, out_dir, mesh, rules, see
         name="recommend encoder (Base/mlp)",
         eval_splits=(),
     )
-    embs = {
-        n: recommend_fit.embed_texts(model.encoder, tables_np[f"{n}_ids"], tables_np[f"{n}_mask"])
-        for n in names
-    }
+    # every text through the frozen encoder in one pass (one compiled program), then split
+    sizes = [len(tables_np[f"{n}_ids"]) for n in TEXT_TABLES]
+    flat = recommend_fit.embed_texts(
+        model.encoder,
+        np.concatenate([tables_np[f"{n}_ids"] for n in TEXT_TABLES]),
+        np.concatenate([tables_np[f"{n}_mask"] for n in TEXT_TABLES]),
+    )
+    embs = dict(zip(TEXT_TABLES, np.split(flat, np.cumsum(sizes)[:-1])))
     if jax.process_index() == 0:
         tmp = path + ".tmp.npz"
         np.savez(tmp, **embs)
         os.replace(tmp, path)
         ckpt_mod.write_json_atomic(os.path.join(run_dir, "eval.json"), result)
     return {f"{n}_emb": e for n, e in embs.items()}
+
+
+def interaction_index(df, generated, max_train: int = 0):
+    """(seekers, jobs, splits): the text tables' rows and, per split, each interaction's rows.
+
+    `seekers` is `generated` indexed by seeker_id (cv, jd_sft, jd_ppo), `jobs` one row per
+    job (job_id, jd); `splits[split]` holds cv_idx / jd_sft_idx / jd_ppo_idx / jd_idx into them
+    and the label. `max_train` > 0 keeps only the first training interactions.
+    """
+    seekers = generated.set_index("seeker_id")
+    seeker_index = {s: i for i, s in enumerate(seekers.index)}
+    jobs = df.drop_duplicates("job_id")[["job_id", "jd"]].reset_index(drop=True)
+    job_index = {j: i for i, j in enumerate(jobs["job_id"])}
+    splits = {}
+    for split in ("train", "validation", "test", "cold_start"):
+        part = df[df["split"] == split]
+        if split == "train" and max_train:
+            part = part.iloc[:max_train]
+        s_idx = part["seeker_id"].map(seeker_index).to_numpy(np.int32)
+        splits[split] = {
+            "cv_idx": s_idx,
+            "jd_sft_idx": s_idx,
+            "jd_ppo_idx": s_idx,
+            "jd_idx": part["job_id"].map(job_index).to_numpy(np.int32),
+            "label": part["label"].to_numpy(np.float32),
+        }
+    return seekers, jobs, splits
+
+
+def load_embeddings(out_dir: str) -> dict | None:
+    """The frozen encoder's `<text>_emb` tables from a finished `embed_all`, or None."""
+    path = os.path.join(out_dir, "encoder", "embeddings.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as z:
+        return {f"{n}_emb": z[n] for n in TEXT_TABLES}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -292,11 +332,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tok = enc_tok or data.tokenizer
     max_len = min(cfg.encoder["max_len"], bcfg.max_len)
 
-    df = data.interactions
-    seekers = gen.set_index("seeker_id")
-    seeker_index = {s: i for i, s in enumerate(seekers.index)}
-    jobs = df.drop_duplicates("job_id")[["job_id", "jd"]].reset_index(drop=True)
-    job_index = {j: i for i, j in enumerate(jobs["job_id"])}
+    seekers, jobs, splits = interaction_index(data.interactions, gen, cfg.max_train_interactions)
     tables = {"encoder": (bcfg, pretrained, enc_tok)}
     for name, texts in (
         ("cv", seekers["cv"]),
@@ -305,19 +341,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ("jd_ppo", seekers["jd_ppo"]),
     ):
         tables[f"{name}_ids"], tables[f"{name}_mask"] = encode_table(tok, texts, max_len)
-    splits = {}
-    for split in ("train", "validation", "test", "cold_start"):
-        part = df[df["split"] == split]
-        if split == "train" and cfg.max_train_interactions:
-            part = part.iloc[: cfg.max_train_interactions]
-        s_idx = part["seeker_id"].map(seeker_index).to_numpy(np.int32)
-        splits[split] = {
-            "cv_idx": s_idx,
-            "jd_sft_idx": s_idx,
-            "jd_ppo_idx": s_idx,
-            "jd_idx": part["job_id"].map(job_index).to_numpy(np.int32),
-            "label": part["label"].to_numpy(np.float32),
-        }
     if cfg.mode == "frozen_encoder":
         tables = embed_all(cfg, tables, splits, out_dir, mesh, rules, seed=config.seed)
     results = [

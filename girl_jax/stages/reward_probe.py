@@ -151,19 +151,14 @@ def probe(cfg, graphdef, params, train, val, seed: int):
     if cfg.objective == "pointwise":
         train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])
         train_y = train["label"]
-    else:  # chosen and rejected must share a width to stack
-        c = {k.removeprefix("chosen_"): v for k, v in train.items() if k.startswith("chosen_")}
-        r = {k.removeprefix("rejected_"): v for k, v in train.items() if k.startswith("rejected_")}
-        w = max(
-            trimmed_width({"attention_mask": c["mask"]}),
-            trimmed_width({"attention_mask": r["mask"]}),
-        )
+    else:  # chosen and rejected: token states padded to a shared width to stack
         sides = [
-            feats(d["ids"][:, :w], d["mask"][:, :w], d["response_mask"][:, :w]) for d in (c, r)
+            feats(train[f"{k}_ids"], train[f"{k}_mask"], train[f"{k}_response_mask"])
+            for k in ("chosen", "rejected")
         ]
         if token_head:
-            w2 = max(x["hidden"].shape[1] for x in sides)
-            sides = [_pad_tokens(x, w2) for x in sides]
+            width = max(x["hidden"].shape[1] for x in sides)
+            sides = [_pad_tokens(x, width) for x in sides]
         train_x, train_y = jax.tree.map(lambda *a: np.stack(a), *sides), None
     val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"])
     head_graphdef, head_params = nnx.split(model.reward_head)
