@@ -87,6 +87,12 @@ def get_config(arg=None):
         # | "attn_mlp" (pooled_mlp + learned attention pooling over the JD's and the CV's tokens)
         head="attn_mlp",
         head_hidden=256,
+        # The head reads the residual stream after this many trunk blocks (0: the last block's
+        # normed output, specialised for next-token prediction); README, "Reward model".
+        feature_layer=3,
+        # Exact-match flags per token (a JD token / bigram found in the CV and vice versa,
+        # DrQA-style) beside the trunk states: pooled_mlp / attn_mlp heads only.
+        match_features=True,
         # Linear probing first: the head is fitted on features of the frozen SFT trunk, computed
         # once (epochs are cheap), early-stopped on validation AUC; then `steps` of end-to-end
         # fine-tuning (0: keep the probed model). See girl_jax/stages/reward_probe.py.
@@ -199,6 +205,7 @@ def get_config(arg=None):
             log_every=10,
         )
         c.reward.update(
+            feature_layer=1,  # of the smoke model's 2
             steps=30,
             probe_epochs=5,
             batch_size=16,

@@ -24,7 +24,8 @@ def get_config(arg=None):
     c.model.update(vocab_size=50257, dtype="bfloat16", remat=True, scan_layers=True)
     c.mesh.update(data=4, fsdp=-1, tensor=1)
     c.sft.update(batch_size=64, max_prompt_len=256, max_response_len=256)
-    c.reward.update(batch_size=64)
+    # a pretrained LLM's RM reads its last layer (feature_layer / match flags: market-tuned)
+    c.reward.update(batch_size=64, feature_layer=0, match_features=False)
     c.ppo.update(batch_size=64, minibatches=2, max_new_tokens=256)
     if arg not in (None, "", "default"):
         raise ValueError(f"unknown variant {arg!r}")

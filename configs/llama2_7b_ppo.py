@@ -32,7 +32,8 @@ def get_config(arg=None):
     c.sft.update(
         batch_size=256, max_prompt_len=512, max_response_len=512, grad_accum=1, learning_rate=2e-5
     )
-    c.reward.update(batch_size=256, learning_rate=1e-5)
+    # a pretrained LLM's RM reads its last layer (feature_layer / match flags: market-tuned)
+    c.reward.update(batch_size=256, learning_rate=1e-5, feature_layer=0, match_features=False)
     c.ppo.update(
         batch_size=256,
         minibatches=4,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from girl_jax.errors import ConfigError
+from girl_jax.errors import ConfigError, ModelError
 from girl_jax.models.layers import LAYERS_METADATA, Embed, LayerNorm, Linear, RMSNorm
 from girl_jax.models.lora import TARGETS, LoRALinear
 
@@ -391,10 +391,29 @@ class Transformer(nnx.Module):
         shape = (cfg.num_layers, batch_size, S, cfg.num_kv_heads, cfg.head_dim)
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": _i0()}
 
-    def hidden(self, ids_BxT, attention_mask=None, positions=None, cache: Cache | None = None):
-        """Final-normed hidden states [B, T, D] and the updated cache (None without one)."""
+    def hidden(
+        self,
+        ids_BxT,
+        attention_mask=None,
+        positions=None,
+        cache: Cache | None = None,
+        depth: int | None = None,
+    ):
+        """Final-normed hidden states [B, T, D] and the updated cache (None without one).
+
+        `depth=k` (1 <= k < num_layers, no cache) returns the residual stream after the first
+        k blocks instead, not normed, and runs no later block: a reward head reads a middle
+        layer (the last one is specialised for next-token prediction).
+        """
         cfg = self.cfg
         B, T = ids_BxT.shape
+        if depth is not None and depth >= cfg.num_layers:
+            depth = None
+        if depth is not None and (depth < 1 or cache is not None):
+            raise ModelError(
+                f"Decoder.hidden: depth must be in [1, {cfg.num_layers}] and used without a "
+                f"cache, got depth={depth}"
+            )
         per_layer = cache is not None and isinstance(cache["k"], (tuple, list))
         if cache is None:
             if positions is None:
@@ -435,6 +454,8 @@ class Transformer(nnx.Module):
             new_kv = (tuple(new_k), tuple(new_v))
         elif cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
+            if depth is not None:
+                state = jax.tree.map(lambda a: a[:depth], state)
             fn = _block_fn(graphdef, cfg.remat)
 
             def body(x, xs):
@@ -443,7 +464,8 @@ class Transformer(nnx.Module):
 
             x, new_kv = jax.lax.scan(body, x, (state, kv))
         else:
-            for i, block in enumerate(self.layers):
+            blocks = list(self.layers)[: depth or cfg.num_layers]
+            for i, block in enumerate(blocks):
                 graphdef, state = nnx.split(block)
                 layer_kv = None if kv is None else (kv[0], kv[1], i)
                 x, out_kv = _block_fn(graphdef, cfg.remat)(
@@ -452,6 +474,8 @@ class Transformer(nnx.Module):
                 if out_kv is not None:
                     kv = out_kv
             new_kv = kv
+        if depth is not None:
+            return x, None
         h = self.final_norm(x)
         new_cache = None
         if cache is not None:

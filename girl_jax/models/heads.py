@@ -76,6 +76,7 @@ def last_token_score(values_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
 
 REWARD_HEADS = ("last", "mean", "pooled_mlp", "attn_mlp")
 TOKEN_HEADS = ("attn_mlp",)  # heads that read per-token states, not pooled features
+MATCH_HEADS = ("pooled_mlp", "attn_mlp")  # heads that can read exact-match features
 
 
 def pool_features(
@@ -104,6 +105,41 @@ def pool_features(
     return jnp.concatenate([last, mean_jd, mean_cv, mean_jd * mean_cv], axis=-1)
 
 
+def match_flags(ids_BxT: jax.Array, mask_BxT: jax.Array, response_mask_BxT: jax.Array):
+    """Exact-match features [B, T, 2] float32 (DrQA's, Chen et al. 2017) from token ids.
+
+    Channel 0: this token also occurs in the other segment (a JD token in the CV, a CV token in
+    the JD); channel 1: so does the bigram ending here (both tokens in one segment there too).
+    Zero on padding. Whether each required skill or the city of a JD is in the CV is an exact
+    lookup that a small trunk's states blur; the flags hand it to the reward head directly.
+    """
+    valid = mask_BxT.astype(bool)
+    jd = response_mask_BxT.astype(bool) & valid
+    cv = valid & ~jd
+    other = (jd[:, :, None] & cv[:, None, :]) | (cv[:, :, None] & jd[:, None, :])  # [B, T, S]
+    same = (ids_BxT[:, :, None] == ids_BxT[:, None, :]) & other
+    unigram = same.any(-1)
+
+    def prev(a):  # a[:, t - 1] at t (False at 0), along every position axis given
+        return jnp.pad(a[:, :-1], [(0, 0), (1, 0)] + [(0, 0)] * (a.ndim - 2))
+
+    pair = (jd & prev(jd)) | (cv & prev(cv))  # tokens t - 1 and t in the same segment
+    same_prev = jnp.pad(same[:, :-1, :-1], ((0, 0), (1, 0), (1, 0)))  # [t - 1, s - 1] matched
+    bigram = (same & same_prev & pair[:, None, :]).any(-1) & pair
+    return jnp.stack([unigram, bigram], -1).astype(jnp.float32)
+
+
+def match_means(flags_BxTx2: jax.Array, mask_BxT: jax.Array, response_mask_BxT: jax.Array):
+    """[B, 4]: the share of JD tokens (unigram, bigram) found in the CV, and of CV tokens in
+    the JD."""
+    valid = mask_BxT.astype(bool)
+    jd = (response_mask_BxT.astype(bool) & valid).astype(jnp.float32)[..., None]
+    cv = (valid & ~response_mask_BxT.astype(bool)).astype(jnp.float32)[..., None]
+    f = flags_BxTx2.astype(jnp.float32)
+    share = [(f * seg).sum(1) / jnp.maximum(seg.sum(1), 1.0) for seg in (jd, cv)]
+    return jnp.concatenate(share, -1)
+
+
 def attention_pool(h_BxTxD: jax.Array, logits_BxTxQ: jax.Array, select_BxT: jax.Array):
     """Q softmax-weighted means of the selected tokens' states -> [B, Q * D] float32."""
     a = jnp.where(select_BxT[..., None], logits_BxTxQ.astype(jnp.float32), -1e9)
@@ -122,17 +158,23 @@ class RewardHead(nnx.Module):
     single out the requirements, pay or place of a JD, which a plain mean blurs).
     """
 
-    def __init__(self, d_model: int, head: str, hidden: int, *, rngs: nnx.Rngs, queries=4):
+    def __init__(
+        self, d_model: int, head: str, hidden: int, *, rngs: nnx.Rngs, queries=4, match=False
+    ):
         if head not in REWARD_HEADS:
             raise ModelError(f"reward head must be one of {REWARD_HEADS}, got {head!r}")
+        if match and head not in MATCH_HEADS:
+            raise ModelError(f"match features need a reward head in {MATCH_HEADS}, got {head!r}")
         self.head = head
+        self.match = match
         zero = nnx.initializers.zeros_init()
         if head in ("pooled_mlp", "attn_mlp"):
-            width = 4 * d_model
+            width = 4 * d_model + (4 if match else 0)
             if head == "attn_mlp":
-                self.query_jd = Linear(d_model, queries, axes=(None, None), rngs=rngs)
-                self.query_cv = Linear(d_model, queries, axes=(None, None), rngs=rngs)
-                width += 2 * queries * d_model
+                d = d_model + (2 if match else 0)  # token states with their match flags
+                self.query_jd = Linear(d, queries, axes=(None, None), rngs=rngs)
+                self.query_cv = Linear(d, queries, axes=(None, None), rngs=rngs)
+                width += 2 * queries * d
             self.norm = LayerNorm(width, axes=(None,), rngs=rngs)
             self.hidden = Linear(width, hidden, axes=(None, "mlp"), rngs=rngs, dtype=jnp.float32)
             self.out = Linear(hidden, 1, axes=("mlp", None), rngs=rngs, kernel_init=zero)
@@ -146,14 +188,16 @@ class RewardHead(nnx.Module):
             valid = mask.astype(bool)
             jd = resp.astype(bool) & valid
             pooled = feats.get("pooled")  # cached by the probe; else computed here
-            x = jnp.concatenate(
-                [
-                    pool_features(h, mask, resp, "pooled_mlp") if pooled is None else pooled,
-                    attention_pool(h, self.query_jd(h), jd),
-                    attention_pool(h, self.query_cv(h), valid & ~jd),
-                ],
-                axis=-1,
-            )
+            parts = [pool_features(h, mask, resp, "pooled_mlp") if pooled is None else pooled]
+            if self.match:
+                flags = feats["match"].astype(jnp.float32)
+                parts.append(match_means(flags, mask, resp))
+                h = jnp.concatenate([h, flags], axis=-1)
+            parts += [
+                attention_pool(h, self.query_jd(h), jd),
+                attention_pool(h, self.query_cv(h), valid & ~jd),
+            ]
+            x = jnp.concatenate(parts, axis=-1)
         else:
             x = feats.astype(jnp.float32)
         if self.head in ("pooled_mlp", "attn_mlp"):
@@ -168,20 +212,47 @@ class RewardModel(Transformer):
     `mean` averages the JD tokens' states (each attended to the CV); `pooled_mlp` adds the CV's
     mean state and its product with the JD's, read by a small MLP; `attn_mlp` adds learned
     attention poolings of the JD's and the CV's tokens.
+
+    `feature_layer=k` (1 <= k < num_layers) has the head read the residual stream after block k
+    (later blocks are kept, for a critic initialised from this trunk, but not run);
+    0 or num_layers: the final normed states. `match_features` adds exact-match flags
+    (`match_flags`) to what `pooled_mlp` / `attn_mlp` read.
     """
 
-    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, head="last", head_hidden=256):
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        head="last",
+        head_hidden=256,
+        feature_layer: int = 0,
+        match_features: bool = False,
+    ):
+        if not 0 <= feature_layer <= cfg.num_layers:
+            raise ModelError(
+                f"reward feature_layer must be in [0, {cfg.num_layers}], got {feature_layer}"
+            )
         super().__init__(cfg, rngs=rngs)
-        self.reward_head = RewardHead(cfg.d_model, head, head_hidden, rngs=rngs)
+        self.feature_layer = feature_layer
+        self.reward_head = RewardHead(
+            cfg.d_model, head, head_hidden, rngs=rngs, match=match_features
+        )
 
     def features(self, ids_BxT, attention_mask, response_mask=None, positions=None):
         """What the head reads: pooled [B, F], or for token heads the states and masks."""
-        h, _ = self.hidden(ids_BxT, attention_mask, positions)
-        if self.reward_head.head in TOKEN_HEADS:
-            if response_mask is None:
-                raise ModelError(f"reward head {self.reward_head.head!r} needs the response mask")
-            return {"hidden": h, "mask": attention_mask, "response_mask": response_mask}
-        return pool_features(h, attention_mask, response_mask, self.reward_head.head)
+        h, _ = self.hidden(ids_BxT, attention_mask, positions, depth=self.feature_layer or None)
+        head, match = self.reward_head.head, self.reward_head.match
+        if (head != "last" or match) and response_mask is None:
+            raise ModelError(f"reward head {head!r} needs the response mask")
+        flags = match_flags(ids_BxT, attention_mask, response_mask) if match else None
+        if head in TOKEN_HEADS:
+            feats = {"hidden": h, "mask": attention_mask, "response_mask": response_mask}
+            return feats if flags is None else {**feats, "match": flags}
+        pooled = pool_features(h, attention_mask, response_mask, head)
+        if flags is None:
+            return pooled
+        return jnp.concatenate([pooled, match_means(flags, attention_mask, response_mask)], -1)
 
     def __call__(self, ids_BxT, attention_mask, response_mask=None, positions=None):
         """Returns (scores [B] float32, {"features": pooled [B, F] or the token-head inputs})."""

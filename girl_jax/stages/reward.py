@@ -28,6 +28,8 @@ class RewardConfig:
     objective: str
     head: str
     head_hidden: int
+    feature_layer: int
+    match_features: bool
     probe_epochs: int
     probe_batch_size: int
     probe_learning_rate: float
@@ -55,6 +57,18 @@ class RewardConfig:
         if self.head not in REWARD_HEADS:
             raise ConfigError(
                 f"config.reward.head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}"
+            )
+        from girl_jax.models.heads import MATCH_HEADS
+
+        if self.match_features and self.head not in MATCH_HEADS:
+            raise ConfigError(
+                f"config.reward.match_features needs config.reward.head in "
+                f"{', '.join(MATCH_HEADS)}, got {self.head!r}"
+            )
+        if self.feature_layer < 0:
+            raise ConfigError(
+                f"config.reward.feature_layer must be >= 0 (0: the last layer), "
+                f"got {self.feature_layer}"
             )
         positive = ("batch_size", "eval_every", "checkpoint_every", "keep", "log_every")
         positive += ("head_hidden", "probe_batch_size", "probe_patience")
@@ -192,8 +206,19 @@ def build_model_fn(config, vocab_size, seed):
     from girl_jax.models.heads import RewardModel
 
     mcfg = common.decoder_config(config, vocab_size)
-    head, hidden = config.reward.head, config.reward.head_hidden
-    return mcfg, (lambda rngs: RewardModel(mcfg, rngs=rngs, head=head, head_hidden=hidden))
+    r = config.reward
+    if r.feature_layer > mcfg.num_layers:
+        raise ConfigError(
+            f"config.reward.feature_layer={r.feature_layer} but the model has "
+            f"{mcfg.num_layers} layers (config.model.num_layers)"
+        )
+    kwargs = dict(
+        head=r.head,
+        head_hidden=r.head_hidden,
+        feature_layer=r.feature_layer,
+        match_features=r.match_features,
+    )
+    return mcfg, (lambda rngs: RewardModel(mcfg, rngs=rngs, **kwargs))
 
 
 def make_tx(cfg: RewardConfig):

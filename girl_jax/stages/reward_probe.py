@@ -122,7 +122,7 @@ def probe(cfg, graphdef, params, train, val, seed: int):
 
     Features are computed once: pooled [N, F] for pooled heads, or for token heads
     (`attn_mlp`) the trunk's states as float16 [N, W, D] (W = longest row, rounded to 32) with
-    their masks: ~1 GB for the default market's 16.5k training rows.
+    their masks (and match flags): ~1 GB for the default market's 16.5k training rows.
     """
     from girl_jax.models.heads import TOKEN_HEADS, pool_features
     from girl_jax.stages.reward import score_dataset, trimmed_width
@@ -136,7 +136,10 @@ def probe(cfg, graphdef, params, train, val, seed: int):
             return f
         # pooled features once, in float32; the states the attention reads, in float16
         pooled = pool_features(f["hidden"], m, r, "pooled_mlp")
-        return {"pooled": pooled, "hidden": f["hidden"].astype(jnp.float16)}
+        out = {"pooled": pooled, "hidden": f["hidden"].astype(jnp.float16)}
+        if "match" in f:  # 0 / 1 flags: exact in float16
+            out["match"] = f["match"].astype(jnp.float16)
+        return out
 
     features_fn = jax.jit(feature_fn)
 

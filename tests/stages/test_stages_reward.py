@@ -1,5 +1,6 @@
 """Reward model: both objectives train; the score is read at the last valid token."""
 
+import dataclasses
 import functools
 
 import jax
@@ -244,3 +245,53 @@ def test_probe_on_token_states_fits_the_attention_head(objective):
     assert max(h["probe_val_auc"] for h in history) > 0.9, history
     s = nnx.merge(g, params)(val["input_ids"], val["attention_mask"], val["response_mask"])[0]
     assert reward_probe._auc(val["label"], np.asarray(s)) > 0.9
+
+
+def test_probe_with_match_flags_learns_an_exact_lookup():
+    """Label 1 iff the JD's one token occurs in the CV: with match flags (and the head on the
+    residual after block 1 of 2) the probe separates it; the merged model scores the same."""
+    from girl_jax.models.heads import RewardModel
+    from girl_jax.stages import reward_probe
+
+    rng = np.random.default_rng(0)
+    n, cv_len = 320, 6
+    cv = np.stack([rng.choice(np.arange(8, 24), cv_len, replace=False) for _ in range(n)])
+    label = rng.integers(0, 2, n)
+    absent = [rng.choice(np.setdiff1d(np.arange(8, 24), row)) for row in cv]
+    jd = np.where(label == 1, cv[np.arange(n), rng.integers(0, cv_len, n)], absent)
+    ids = np.concatenate([cv, jd[:, None], np.zeros((n, 3), int)], 1).astype(np.int32)
+    mask = (np.arange(10)[None] < cv_len + 1).astype(np.int32).repeat(n, 0)
+    resp = (np.arange(10)[None] == cv_len).astype(np.int32).repeat(n, 0)
+    rows = {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
+    rows["label"] = label.astype(np.float32)
+    tr = {k: v[:256] for k, v in rows.items()}
+    val = {k: v[256:] for k, v in rows.items()}
+    c = load_config("configs/default.py:smoke").reward
+    c.update(head="attn_mlp", probe_epochs=20, probe_batch_size=32, probe_learning_rate=1e-2)
+    c.update(probe_patience=20, head_hidden=16, feature_layer=1, match_features=True)
+    cfg = reward.RewardConfig.from_config(c)
+    two = dataclasses.replace(CFG, num_layers=2)
+    model = RewardModel(
+        two, rngs=nnx.Rngs(0), head="attn_mlp", head_hidden=16, feature_layer=1, match_features=True
+    )
+    g, p = nnx.split(model)
+    params, history = reward_probe.probe(cfg, g, p, tr, val, seed=0)
+    assert max(h["probe_val_auc"] for h in history) > 0.97, history
+    s = nnx.merge(g, params)(val["input_ids"], val["attention_mask"], val["response_mask"])[0]
+    assert reward_probe._auc(val["label"], np.asarray(s)) > 0.97
+
+
+def test_reward_feature_options_are_checked_against_the_head_and_model():
+    from girl_jax.errors import ConfigError
+
+    config = load_config("configs/default.py:smoke")
+    c = config.reward
+    c.update(head="last", match_features=True)
+    with pytest.raises(ConfigError, match="config.reward.match_features"):
+        reward.RewardConfig.from_config(c)
+    c.update(head="attn_mlp", match_features=False, feature_layer=-1)
+    with pytest.raises(ConfigError, match="config.reward.feature_layer"):
+        reward.RewardConfig.from_config(c)
+    c.feature_layer = config.model.num_layers + 1
+    with pytest.raises(ConfigError, match="config.reward.feature_layer=3 but the model has 2"):
+        reward.build_model_fn(config, 40, 0)
