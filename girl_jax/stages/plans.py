@@ -110,7 +110,7 @@ class _PlanTokenizer:
 def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
     """A whole PPO iteration: sampling + RM + reference + critic + epochs x minibatches."""
     from girl_jax.rl import kl as kl_mod
-    from girl_jax.stages import ppo
+    from girl_jax.stages import ppo, ppo_step
 
     cfg = ppo.PPOConfig.from_config(config.ppo)
     _, actor_fn = _decoder_fn(config)
@@ -135,19 +135,19 @@ def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
         jax.eval_shape(controller.init),
     )
     it = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
-    state = ppo.PPOState(actor=actor, critic=critic, kl=kl_state, iteration=it)
-    state_sh = ppo.PPOState(
+    state = ppo_step.PPOState(actor=actor, critic=critic, kl=kl_state, iteration=it)
+    state_sh = ppo_step.PPOState(
         actor=actor_sh, critic=critic_sh, kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep
     )
-    frozen = ppo.Frozen(reference=actor.params, reward=critic.params)
-    frozen_sh = ppo.Frozen(reference=actor_sh.params, reward=critic_sh.params)
-    graphs = ppo.Graphs(actor=a_graph, critic=c_graph, reward=c_graph)
+    frozen = ppo_step.Frozen(reference=actor.params, reward=critic.params)
+    frozen_sh = ppo_step.Frozen(reference=actor_sh.params, reward=critic_sh.params)
+    graphs = ppo_step.Graphs(actor=a_graph, critic=c_graph, reward=c_graph)
     P = config.sft.max_prompt_len
     B = cfg.batch_size
     batch = {"prompt_ids": _tokens((B, P), mesh), "prompt_mask": _tokens((B, P), mesh)}
     scfg = ppo.sampling_config(cfg, _PlanTokenizer(), greedy=False)
     fn = functools.partial(
-        ppo.train_step,
+        ppo_step.train_step,
         graphs=graphs,
         cfg=cfg,
         scfg=scfg,

@@ -28,8 +28,6 @@ class RewardConfig:
     objective: str
     head: str
     head_hidden: int
-    feature_layer: int
-    match_features: bool
     probe_epochs: int
     probe_batch_size: int
     probe_learning_rate: float
@@ -46,6 +44,8 @@ class RewardConfig:
     checkpoint_every: int
     keep: int
     log_every: int
+    feature_layer: int = 0  # 0: the last block's normed output
+    match_features: bool = False
 
     def __post_init__(self):
         if self.objective not in ("pointwise", "pairwise"):
@@ -87,7 +87,8 @@ class RewardConfig:
         unknown = set(c.keys()) - names
         if unknown:
             raise ConfigError(f"unknown config key config.reward.{sorted(unknown)[0]}")
-        return cls(**{k: c[k] for k in names})
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        return cls(**{k: c[k] for k in names if k in c or k not in optional})
 
 
 # ---------------------------------------------------------------- losses
@@ -207,16 +208,15 @@ def build_model_fn(config, vocab_size, seed):
 
     mcfg = common.decoder_config(config, vocab_size)
     r = config.reward
-    if r.feature_layer > mcfg.num_layers:
+    # configs written before these options read the last layer without match flags
+    feature_layer, match = r.get("feature_layer", 0), r.get("match_features", False)
+    if feature_layer > mcfg.num_layers:
         raise ConfigError(
-            f"config.reward.feature_layer={r.feature_layer} but the model has "
+            f"config.reward.feature_layer={feature_layer} but the model has "
             f"{mcfg.num_layers} layers (config.model.num_layers)"
         )
     kwargs = dict(
-        head=r.head,
-        head_hidden=r.head_hidden,
-        feature_layer=r.feature_layer,
-        match_features=r.match_features,
+        head=r.head, head_hidden=r.head_hidden, feature_layer=feature_layer, match_features=match
     )
     return mcfg, (lambda rngs: RewardModel(mcfg, rngs=rngs, **kwargs))
 

@@ -1,0 +1,254 @@
+"""PPO's pure pieces: the state, the rollout, the clipped loss, the update and one iteration.
+
+Everything here is a pure function of arrays and static config, jitted by the driver
+(`girl_jax.stages.ppo`) with shardings and donated state: `train_step(state, frozen, batch,
+rng)` samples JDs for a batch of CVs (KV-cache sampler), scores them with the reward model,
+computes reference log-probs, critic values, per-token rewards (-beta*KL + score) and
+advantages from the registry, then runs epochs x shuffled minibatches of clipped updates as
+nested `lax.scan`s. Old log-probs, values and advantages are frozen at rollout time
+(lm-human-preferences semantics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from girl_jax.rl import advantages as adv_mod
+from girl_jax.rl import kl as kl_mod
+from girl_jax.rl import losses as loss_mod
+from girl_jax.rl import registry, shaping
+from girl_jax.stages import common
+
+if TYPE_CHECKING:
+    from girl_jax.stages.ppo import PPOConfig
+
+
+@flax.struct.dataclass
+class PPOState:
+    actor: Any  # parallel.state.TrainState
+    critic: Any  # parallel.state.TrainState
+    kl: kl_mod.KLControllerState
+    iteration: jax.Array
+
+
+@flax.struct.dataclass
+class Frozen:
+    reference: Any  # nnx.State of the SFT decoder
+    reward: Any  # nnx.State of the reward model
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    actor: Any
+    critic: Any
+    reward: Any
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def response_logits(graphdef, params, ids, mask, prompt_len):
+    """Logits that predict each response token: positions P-1 .. P+N-2 of the full sequence.
+
+    The LM head runs on those positions only (a decoder's `hidden` then `logits`), not on
+    the prompt's: at P = N that halves the head's FLOPs, forward and backward.
+    """
+    model = nnx.merge(graphdef, params)
+    if hasattr(model, "hidden") and hasattr(model, "logits"):
+        h_BxTxD, _ = model.hidden(ids, mask)
+        return model.logits(h_BxTxD[:, prompt_len - 1 : -1])
+    logits, _ = model(ids, mask)
+    return logits[:, prompt_len - 1 : -1]
+
+
+def response_values(graphdef, params, ids, mask, prompt_len):
+    values, _ = nnx.merge(graphdef, params)(ids, mask)
+    return values[:, prompt_len - 1 : -1].astype(jnp.float32)
+
+
+def sequence_scores(graphdef, params, ids, mask, response_mask=None):
+    """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
+    from girl_jax.models.heads import sequence_score
+
+    return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
+
+
+def explained_variance(values, returns, mask):
+    var_r = loss_mod.masked_mean((returns - loss_mod.masked_mean(returns, mask)) ** 2, mask)
+    diff = returns - values
+    var_d = loss_mod.masked_mean((diff - loss_mod.masked_mean(diff, mask)) ** 2, mask)
+    return 1.0 - var_d / jnp.maximum(var_r, 1e-8)
+
+
+def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg: PPOConfig, scfg):
+    """Sample, score and compute every quantity the update treats as constant."""
+    from girl_jax import sampling
+
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    P = prompt_ids.shape[1]
+    step_fn, init_cache_fn = sampling.decoder_fns(graphs.actor)
+    out = sampling.sample(
+        step_fn, init_cache_fn, state.actor.params, prompt_ids, prompt_mask, rng, scfg
+    )
+    resp, resp_mask = out.tokens, out.mask.astype(jnp.float32)
+    ids = jnp.concatenate([prompt_ids, resp], axis=1)
+    mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
+
+    logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
+    logp_old = common.token_logprobs(logits, resp, cfg.temperature)
+    ref_logits = response_logits(graphs.actor, frozen.reference, ids, mask, P)
+    logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
+    resp_full = jnp.concatenate([jnp.zeros_like(prompt_mask), out.mask.astype(mask.dtype)], 1)
+    raw_score = sequence_scores(graphs.reward, frozen.reward, ids, mask, resp_full)
+    if cfg.needs_critic:
+        values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
+    else:
+        values = jnp.zeros_like(resp_mask)
+
+    score = shaping.apply_missing_eos_penalty(raw_score, out.has_eos, cfg.missing_eos_penalty)
+    score = shaping.clip_scores(score, cfg.score_clip or None)
+    if cfg.whiten_scores:
+        score = shaping.whiten_scores(score)
+    kl_coef = state.kl.kl_coef
+    kl_BxT = registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref) * resp_mask
+    kl_rewards = kl_mod.kl_penalty_rewards(
+        logp_old, logp_ref, resp_mask, kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator
+    )
+    rewards = shaping.token_rewards(score, kl_rewards, resp_mask)
+    advantages, returns = registry.get("advantage", cfg.advantage)(
+        rewards=rewards,
+        values=values,
+        mask=resp_mask,
+        scores=None
+        if cfg.needs_critic
+        else score - (kl_BxT.sum(1) * kl_coef if cfg.kl_in_reward else 0.0),
+        config=cfg,
+    )
+    if cfg.whiten_advantages:
+        advantages = adv_mod.whiten(advantages, resp_mask)
+    lengths = resp_mask.sum(1)
+    stats = dict(
+        proxy_reward=raw_score.mean(),
+        score=score.mean(),
+        kl=kl_BxT.sum(1).mean(),
+        kl_coef=kl_coef,
+        response_length=lengths.mean(),
+        eos_rate=out.has_eos.astype(jnp.float32).mean(),
+        returns_mean=loss_mod.masked_mean(returns, resp_mask),
+        advantages_std=jnp.sqrt(loss_mod.masked_mean(advantages**2, resp_mask)),
+        explained_variance=explained_variance(values, returns, resp_mask),
+        rewards_finite=common.all_finite(rewards, advantages).astype(jnp.float32),
+    )
+    data = dict(
+        ids=ids,
+        mask=mask,
+        resp=resp,
+        resp_mask=resp_mask,
+        logp_old=logp_old,
+        logp_ref=logp_ref,
+        values_old=values,
+        advantages=advantages,
+        returns=returns,
+    )
+    return data, stats, out
+
+
+def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: PPOConfig, P: int):
+    logits = response_logits(graphs.actor, actor_params, mb["ids"], mb["mask"], P)
+    logits = logits.astype(jnp.float32) / cfg.temperature
+    logp = common.token_logprobs(logits, mb["resp"])
+    m = mb["resp_mask"]
+    pg_loss, pm = registry.get("policy_loss", cfg.policy_loss)(
+        logp, mb["logp_old"], mb["advantages"], m, config=cfg
+    )
+    entropy = loss_mod.entropy_from_logits(logits, m)
+    total = pg_loss - cfg.ent_coef * entropy
+    metrics = dict(policy_loss=pg_loss, entropy=entropy, **pm)
+    if cfg.needs_critic:
+        v = response_values(graphs.critic, critic_params, mb["ids"], mb["mask"], P)
+        vf_loss, vm = registry.get("value_loss", cfg.value_loss)(
+            v, mb["values_old"], mb["returns"], m, config=cfg
+        )
+        total = total + cfg.vf_coef * vf_loss
+        metrics.update(value_loss=vf_loss, **{f"value_{k}": x for k, x in vm.items()})
+    if not cfg.kl_in_reward:
+        kl_term = loss_mod.masked_mean(
+            registry.get("kl", cfg.kl_estimator)(logp, mb["logp_ref"]), m
+        )
+        total = total + kl_coef * kl_term
+        metrics["kl_loss"] = kl_term
+    metrics["total_loss"] = total
+    return total, metrics
+
+
+def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, actor_tx, critic_tx):
+    """Epochs x shuffled minibatches as nested scans; non-finite / off-ratio minibatches skip."""
+    B = data["ids"].shape[0]
+    P = data["ids"].shape[1] - data["resp"].shape[1]
+    mb_size = B // cfg.minibatches
+    grad_fn = jax.value_and_grad(
+        functools.partial(ppo_loss, graphs=graphs, cfg=cfg, P=P), argnums=(0, 1), has_aux=True
+    )
+
+    def minibatch(carry, idx):
+        actor, critic = carry
+        mb = jax.tree.map(lambda x: x[idx], data)
+        (_, metrics), (g_actor, g_critic) = grad_fn(
+            actor.params, critic.params, mb, state.kl.kl_coef
+        )
+        ok = common.all_finite(metrics, g_actor, g_critic)
+        if cfg.ratio_threshold:
+            ok = ok & ~loss_mod.ratio_skip(metrics["ratio_mean"], cfg.ratio_threshold)
+        new_actor = actor.apply_gradients(g_actor, actor_tx)
+        actor = common.select_tree(ok, new_actor, actor)
+        if cfg.needs_critic:
+            new_critic = critic.apply_gradients(g_critic, critic_tx)
+            critic = common.select_tree(ok, new_critic, critic)
+        metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
+        metrics["actor_grad_norm"] = optax.global_norm(g_actor)
+        return (actor, critic), metrics
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, B).reshape(cfg.minibatches, mb_size)
+        return jax.lax.scan(minibatch, carry, perm)
+
+    keys = jax.random.split(rng, cfg.epochs)
+    (actor, critic), metrics = jax.lax.scan(epoch, (state.actor, state.critic), keys)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics["skipped"] = metrics["skipped"] * cfg.epochs * cfg.minibatches  # a count
+    return state.replace(actor=actor, critic=critic), metrics
+
+
+def train_step(
+    state: PPOState,
+    frozen: Frozen,
+    batch,
+    rng,
+    *,
+    graphs: Graphs,
+    cfg: PPOConfig,
+    scfg,
+    actor_tx,
+    critic_tx,
+    controller,
+):
+    """One PPO iteration: rollout + update + KL-controller update, all in one program."""
+    k_sample, k_update = jax.random.split(rng)
+    data, stats, out = rollout(state, frozen, batch, k_sample, graphs=graphs, cfg=cfg, scfg=scfg)
+    new_state, metrics = ppo_update(
+        state, data, k_update, graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx
+    )
+    finite = stats["rewards_finite"] > 0.5
+    new_state = common.select_tree(finite, new_state, state)
+    kl_state = controller.update(state.kl, stats["kl"], jnp.asarray(cfg.batch_size, jnp.float32))
+    new_state = new_state.replace(kl=kl_state, iteration=state.iteration + 1)
+    metrics = {**stats, **metrics, "finite": finite.astype(jnp.float32)}
+    return new_state, metrics, (out.tokens, out.mask)
