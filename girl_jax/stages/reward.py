@@ -87,8 +87,13 @@ class RewardConfig:
         unknown = set(c.keys()) - names
         if unknown:
             raise ConfigError(f"unknown config key config.reward.{sorted(unknown)[0]}")
-        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        return cls(**{k: c[k] for k in names if k in c or k not in optional})
+        return cls(**{k: c[k] for k in names if k in c or k not in cls.defaults()})
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """The options a config may leave out (written before they existed): name -> default."""
+        fields = dataclasses.fields(cls)
+        return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
 # ---------------------------------------------------------------- losses
@@ -208,8 +213,9 @@ def build_model_fn(config, vocab_size, seed):
 
     mcfg = common.decoder_config(config, vocab_size)
     r = config.reward
-    # configs written before these options read the last layer without match flags
-    feature_layer, match = r.get("feature_layer", 0), r.get("match_features", False)
+    defaults = RewardConfig.defaults()
+    feature_layer = r.get("feature_layer", defaults["feature_layer"])
+    match = r.get("match_features", defaults["match_features"])
     if feature_layer > mcfg.num_layers:
         raise ConfigError(
             f"config.reward.feature_layer={feature_layer} but the model has "
