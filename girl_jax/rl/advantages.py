@@ -1,4 +1,4 @@
-"""Advantage estimators: GAE, group-relative (GRPO), leave-one-out (RLOO), REINFORCE.
+"""Advantage estimators: GAE, GRPO / Dr. GRPO, RLOO, REINFORCE and REINFORCE++.
 
 All arrays are ``[B, T]`` over response tokens with a mask that is 1 on a
 contiguous prefix of each row (the generated tokens up to and including EOS).
@@ -137,6 +137,41 @@ def reinforce(
     return jnp.where(mask.astype(bool), g_BxT - baseline, 0.0), g_BxT
 
 
+def group_mean_baseline(scores_B: Array, group_size: int) -> Array:
+    """Each row's group mean of `scores_B` (``[B]``); groups are `group_size` consecutive rows."""
+    s_GxK = _grouped(scores_B.astype(jnp.float32), group_size)
+    return jnp.broadcast_to(jnp.mean(s_GxK, axis=1, keepdims=True), s_GxK.shape).reshape(-1)
+
+
+def reinforce_pp(
+    rewards: Array,
+    mask: Array,
+    gamma: float = 1.0,
+    baseline_B: Array | None = None,
+    eps: float = 1e-8,
+) -> tuple[Array, Array]:
+    """REINFORCE++ (Hu 2025): returns-to-go whitened over the batch's valid tokens, no critic.
+
+    Args:
+      rewards: per-token ``[B, T]`` (-beta*KL plus the score at the last valid token).
+      mask: ``[B, T]`` prefix mask.
+      gamma: discount of the returns-to-go.
+      baseline_B: optional ``[B]`` subtracted from the reward at each row's last valid token
+        before the returns (REINFORCE++-baseline: the group mean of the scores).
+      eps: whitening epsilon, ``(G - mean) / sqrt(var + eps)``.
+    Returns:
+      (advantages_BxT, returns_BxT): the whitened returns-to-go of the (baselined) rewards,
+      and the returns-to-go of the original `rewards`; 0 outside the mask.
+    """
+    g_BxT = returns_to_go(rewards, mask, gamma)
+    if baseline_B is None:
+        shaped_g = g_BxT
+    else:
+        shaped = rewards - scores_to_token_rewards(baseline_B, mask)
+        shaped_g = returns_to_go(shaped, mask, gamma)
+    return whiten(shaped_g, mask, eps=eps), g_BxT
+
+
 def scores_to_token_rewards(scores_B: Array, mask: Array) -> Array:
     """Place each sequence score at its last valid token (0 elsewhere; dropped if no tokens)."""
     length_B = jnp.sum(mask.astype(jnp.int32), axis=1)
@@ -183,6 +218,35 @@ def _grpo_estimator(*, rewards=None, values=None, mask, scores=None, config: Any
     return adv, _broadcast(seq_B.astype(jnp.float32), mask)
 
 
+@registry.register("advantage", "dr_grpo")
+def _dr_grpo_estimator(*, rewards=None, values=None, mask, scores=None, config: Any = None):
+    # Dr. GRPO (Liu et al. 2025): group mean removed, never divided by the group std.
+    del values
+    seq_B = _sequence_rewards(rewards, scores, mask, "dr_grpo")
+    adv = grpo(seq_B, mask, registry.hparam(config, "group_size"), scale_by_std=False)
+    return adv, _broadcast(seq_B.astype(jnp.float32), mask)
+
+
+def best_of_group(scores_B: Array, mask: Array, group_size: int) -> Array:
+    """1 on every valid token of each group's highest-scoring row (first on ties), else 0.
+
+    With an unwhitened clipped loss this is best-of-n distillation (RAFT, Dong et al. 2023;
+    ReST-style expert iteration): the first epoch's gradient is SFT on the group's best sample,
+    the clip bounds how far one iteration moves it.
+    """
+    s_GxK = _grouped(scores_B.astype(jnp.float32), group_size)
+    best_GxK = jax.nn.one_hot(jnp.argmax(s_GxK, axis=1), group_size, dtype=jnp.float32)
+    return _broadcast(best_GxK.reshape(-1), mask)
+
+
+@registry.register("advantage", "bon")
+def _bon_estimator(*, rewards=None, values=None, mask, scores=None, config: Any = None):
+    del values
+    seq_B = _sequence_rewards(rewards, scores, mask, "bon")
+    adv = best_of_group(seq_B, mask, registry.hparam(config, "group_size"))
+    return adv, _broadcast(seq_B.astype(jnp.float32), mask)
+
+
 @registry.register("advantage", "rloo")
 def _rloo_estimator(*, rewards=None, values=None, mask, scores=None, config: Any = None):
     del values
@@ -213,3 +277,34 @@ def _reinforce_estimator(*, rewards=None, values=None, mask, scores=None, config
     else:
         raise ConfigError(f"reinforce baseline must be 'none', 'mean' or 'value', got {kind!r}")
     return reinforce(rewards, mask, gamma, baseline)
+
+
+def _token_rewards(rewards, scores, mask, name):
+    if rewards is not None:
+        return rewards
+    if scores is None:
+        raise ConfigError(f"advantage {name!r} needs per-token `rewards` or `scores`")
+    return scores_to_token_rewards(scores, mask)
+
+
+@registry.register("advantage", "reinforce_pp")
+def _reinforce_pp_estimator(*, rewards=None, values=None, mask, scores=None, config: Any = None):
+    del values
+    rewards = _token_rewards(rewards, scores, mask, "reinforce_pp")
+    return reinforce_pp(rewards, mask, registry.hparam(config, "gamma", 1.0))
+
+
+@registry.register("advantage", "reinforce_pp_baseline")
+def _reinforce_pp_baseline_estimator(
+    *, rewards=None, values=None, mask, scores=None, config: Any = None
+):
+    # OpenRLHF's reinforce_baseline: the group mean of the sequence scores comes off the
+    # reward at the last token, then returns-to-go and batch whitening as REINFORCE++.
+    del values
+    token_rewards = _token_rewards(rewards, scores, mask, "reinforce_pp_baseline")
+    group_size = registry.hparam(config, "group_size", 1)
+    baseline_B = None
+    if group_size is not None and group_size > 1:
+        seq_B = _sequence_rewards(rewards, scores, mask, "reinforce_pp_baseline")
+        baseline_B = group_mean_baseline(seq_B, group_size)
+    return reinforce_pp(token_rewards, mask, registry.hparam(config, "gamma", 1.0), baseline_B)

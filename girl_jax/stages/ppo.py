@@ -23,8 +23,16 @@ from girl_jax import preemption, wandb_writer
 from girl_jax.errors import ConfigError
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import registry
-from girl_jax.stages import common
-from girl_jax.stages.ppo_step import Frozen, Graphs, PPOState, sequence_scores, train_step
+from girl_jax.stages import common, ppo_rewards
+from girl_jax.stages.ppo_step import (
+    Frozen,
+    Graphs,
+    PPOState,
+    sample_step,
+    sequence_scores,
+    train_step,
+    update_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +76,16 @@ class PPOConfig:
     checkpoint_every: int
     keep: int
     on_nonfinite: str
+    # Optional keys (configs written before they existed get these defaults).
+    reward: str = "model"  # reward terms, summed: girl_jax/stages/ppo_rewards.py
+    ensemble_agg: str = "mean"  # mean | min | mean_minus_std (config.ppo.reward=ensemble)
+    ensemble_lambda: float = 1.0  # the std weight of mean_minus_std
+    clip_eps_high: float = 0.0  # > 0: DAPO clip-higher, ratio clipped to [1-eps, 1+eps_high]
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    baseline: str = "none"  # reinforce: none | mean | value
+    grpo_eps: float = 1e-4
+    scale_by_std: bool = True  # grpo: divide by the group's std (False: Dr. GRPO)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
 
     def __post_init__(self):
         for kind, name in (
@@ -83,7 +101,7 @@ class PPOConfig:
                 raise ConfigError(f"config.ppo.{key}: {exc}") from None
         if self.batch_size % (self.minibatches * self.group_size):
             raise ConfigError("config.ppo.batch_size must be divisible by minibatches*group_size")
-        if self.advantage in ("grpo", "rloo") and self.group_size < 2:
+        if self.advantage in ("grpo", "rloo", "dr_grpo", "bon") and self.group_size < 2:
             raise ConfigError(
                 f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1"
             )
@@ -92,6 +110,22 @@ class PPOConfig:
                 "config.ppo.critic: only 'separate' (initialised from the RM) is "
                 "implemented; 'value_head' is not built yet"
             )
+        from girl_jax.stages import ppo_rewards
+
+        ppo_rewards.parse(self.reward)  # ConfigError naming the bad term
+        if self.ensemble_agg not in ("mean", "min", "mean_minus_std"):
+            raise ConfigError("config.ppo.ensemble_agg must be mean, min or mean_minus_std")
+        if self.loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+            raise ConfigError(
+                "config.ppo.loss_agg must be token_mean, seq_mean_token_mean or "
+                "seq_mean_token_sum_norm"
+            )
+        if self.baseline not in ("none", "mean", "value"):
+            raise ConfigError("config.ppo.baseline must be none, mean or value")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ConfigError("config.ppo.dynamic_sampling needs config.ppo.group_size>1")
+        if self.clip_eps_high < 0:
+            raise ConfigError("config.ppo.clip_eps_high must be >= 0 (0: = clip_eps)")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:
@@ -99,7 +133,15 @@ class PPOConfig:
 
     @property
     def needs_critic(self) -> bool:
-        return self.advantage == "gae"
+        return self.advantage == "gae" or (
+            self.advantage == "reinforce" and self.baseline == "value"
+        )
+
+    @functools.cached_property
+    def reward_terms(self):
+        from girl_jax.stages import ppo_rewards
+
+        return ppo_rewards.parse(self.reward)
 
     @classmethod
     def from_config(cls, c) -> PPOConfig:
@@ -107,10 +149,11 @@ class PPOConfig:
         unknown = set(c.keys()) - names
         if unknown:
             raise ConfigError(f"unknown config key config.ppo.{sorted(unknown)[0]}")
-        missing = names - set(c.keys())
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = names - set(c.keys()) - optional
         if missing:
             raise ConfigError(f"missing config key config.ppo.{sorted(missing)[0]}")
-        return cls(**{k: c[k] for k in names})
+        return cls(**{k: c[k] for k in names if k in c})
 
 
 def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
@@ -176,7 +219,10 @@ def build(config, workdir: str, data, mesh, rules):
     )
     state = jax.device_put(state, shardings)
     graphs = Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
-    frozen = Frozen(reference=sft_params, reward=rm_params)
+    ensemble = None
+    if any(t.kind == "ensemble" for t in cfg.reward_terms):
+        _, _, ensemble = reward.load_final_ensemble(workdir, config, tok.vocab_size)
+    frozen = Frozen(reference=sft_params, reward=rm_params, ensemble=ensemble)
     return cfg, graphs, state, shardings, frozen, (actor_tx, critic_tx, controller)
 
 
@@ -208,23 +254,31 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         config, workdir, data, mesh, rules
     )
     scfg = sampling_config(cfg, tok, greedy=False)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            graphs=graphs,
-            cfg=cfg,
-            scfg=scfg,
-            actor_tx=actor_tx,
-            critic_tx=critic_tx,
-            controller=controller,
-        ),
-        in_shardings=(shardings, None, state_mod.batch_sharding(mesh), None),
-        out_shardings=(shardings, None, None),
-        donate_argnums=(0,),
-    )
+    host = ppo_rewards.HostRewards(cfg.reward_terms, data.market)
+    batch_sh = state_mod.batch_sharding(mesh)
+    roles = dict(graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx)
+    if host:  # rollout (jitted) -> host scoring -> update (jitted, donated)
+        sample_fn = jax.jit(
+            functools.partial(sample_step, graphs=graphs, scfg=scfg),
+            in_shardings=(shardings, batch_sh, None),
+        )
+        update_fn = jax.jit(
+            functools.partial(update_step, **roles, controller=controller),
+            in_shardings=(shardings, None, batch_sh, None, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+    else:  # device rewards only: one fused program per iteration
+        step_fn = jax.jit(
+            functools.partial(train_step, **roles, scfg=scfg, controller=controller),
+            in_shardings=(shardings, None, batch_sh, None),
+            out_shardings=(shardings, None, None),
+            donate_argnums=(0,),
+        )
     score_fn = jax.jit(functools.partial(sequence_scores, graphs.reward))
 
     seekers = data.seekers("train")
+    cv_by_id = dict(zip(seekers["seeker_id"].to_numpy().tolist(), seekers["cv"]))
     P = config.sft.max_prompt_len
     ids, mask = batches.encode_prompts(tok, list(seekers["cv"]), max_prompt_len=P)
     prompts = {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
@@ -284,14 +338,29 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         sids = np.repeat(raw.pop("seeker_id"), cfg.group_size)
         raw = {k: np.repeat(v, cfg.group_size, axis=0) for k, v in raw.items()}
         batch = state_mod.put_batch(raw, mesh)
-        state, m, (tokens, resp_mask) = step_fn(
-            state, frozen, batch, common.fold_rng(config.seed, "ppo", it_idx)
-        )
-        m = common.host(m)
+        rng = common.fold_rng(config.seed, "ppo", it_idx)
         done = it_idx + 1
+        texts = None
+        if host:
+            out = sample_fn(state, batch, rng)
+            tokens, resp_mask = out.tokens, out.mask
+            texts = batches.decode_responses(tok, *jax.device_get((tokens, resp_mask)))
+            host_score, host_means = host.score(
+                [cv_by_id[i] for i in sids.tolist()], texts, sids, done, cfg.on_nonfinite
+            )
+            if host_score is None:  # non-finite host reward, on_nonfinite=skip: no update
+                skipped += 1
+                m = {"host_reward_finite": 0.0}
+            else:
+                state, m = update_fn(state, frozen, batch, out, host_score, rng)
+                m = {**common.host(m), **host_means}
+        else:
+            state, m, (tokens, resp_mask) = step_fn(state, frozen, batch, rng)
+            m = common.host(m)
         skipped += common.check_finite(m, "ppo", done, cfg.on_nonfinite)
         if data.market is not None:
-            texts = batches.decode_responses(tok, *jax.device_get((tokens, resp_mask)))
+            if texts is None:
+                texts = batches.decode_responses(tok, *jax.device_get((tokens, resp_mask)))
             m["rollout_true_match_rate"] = float(np.mean(data.market.true_match(sids, texts)))
         m["skipped_iterations"] = skipped
         if done % cfg.eval_every == 0 or done == cfg.iterations:
@@ -299,7 +368,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             m.update(last_eval)
             writer.text(done, "samples", texts[0] if texts else "")
         writer.write(done, m)
-        bar.update(done, f"proxy {m['proxy_reward']:.3f} kl {m['kl']:.2f}")
+        bar.update(done, f"reward {m.get('reward', np.nan):.3f} kl {m.get('kl', np.nan):.2f}")
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             ckpt.save(done, state, {"data_iterator": it.get_state()})
         preemption.check(
@@ -321,6 +390,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         kl_coef_end=rollouts[-1]["kl_coef"] if rollouts else None,
         iterations=cfg.iterations,
         advantage=cfg.advantage,
+        reward=cfg.reward,
+        gold_reward=ppo_rewards.is_gold(cfg.reward_terms),
     )
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)

@@ -43,6 +43,7 @@ class PPOState:
 class Frozen:
     reference: Any  # nnx.State of the SFT decoder
     reward: Any  # nnx.State of the reward model
+    ensemble: Any = None  # reward heads stacked on a leading K axis (config.ppo.reward=ensemble)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +89,61 @@ def explained_variance(values, returns, mask):
     return 1.0 - var_d / jnp.maximum(var_r, 1e-8)
 
 
-def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg: PPOConfig, scfg):
-    """Sample, score and compute every quantity the update treats as constant."""
+def sample_responses(actor_params, batch, rng, *, graphs: Graphs, scfg):
+    """JDs sampled from the actor for a batch of CVs: `sampling.SampleOutput`."""
     from girl_jax import sampling
 
+    step_fn, init_cache_fn = sampling.decoder_fns(graphs.actor)
+    return sampling.sample(
+        step_fn, init_cache_fn, actor_params, batch["prompt_ids"], batch["prompt_mask"], rng, scfg
+    )
+
+
+def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: PPOConfig):
+    """The on-device reward terms per sequence: (weighted sum [B], {stat name: [B]})."""
+    from girl_jax.stages import ppo_rewards
+
+    terms = cfg.reward_terms
+    total = jnp.zeros(ids.shape[:1], jnp.float32)
+    parts = {}
+    w_model = ppo_rewards.device_weight(terms, "model")
+    if w_model or not any(t.kind == "ensemble" for t in terms):
+        # The RM is scored whenever it is the only device role: its score is the proxy reward
+        # that the over-optimisation picture tracks, even in gold / python-reward runs.
+        parts["proxy_reward"] = sequence_scores(graphs.reward, frozen.reward, ids, mask, resp_full)
+        total = total + w_model * parts["proxy_reward"]
+    if any(t.kind == "ensemble" for t in terms):
+        from girl_jax.rl import ensemble as ens_mod
+        from girl_jax.stages import reward as reward_mod
+
+        members_KxB = reward_mod.ensemble_scores(
+            graphs.reward, frozen.reward, frozen.ensemble, ids, mask, resp_full
+        )
+        agg = ens_mod.aggregate(members_KxB, cfg.ensemble_agg, lam=cfg.ensemble_lambda)
+        parts["ensemble_reward"] = agg
+        parts["ensemble_std"] = jnp.std(members_KxB, axis=0)
+        parts.setdefault("proxy_reward", jnp.mean(members_KxB, axis=0))
+        total = total + ppo_rewards.device_weight(terms, "ensemble") * agg
+    return total, parts
+
+
+def score_rollout(
+    state: PPOState,
+    frozen: Frozen,
+    batch,
+    out,
+    host_score,
+    *,
+    graphs: Graphs,
+    cfg: PPOConfig,
+):
+    """Score sampled responses and compute every quantity the update treats as constant.
+
+    `out` is the sampler's output (tokens, mask, has_eos); `host_score` [B] is the weighted sum
+    of the host-side reward terms (oracle, Python functions), or None when there are none.
+    """
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     P = prompt_ids.shape[1]
-    step_fn, init_cache_fn = sampling.decoder_fns(graphs.actor)
-    out = sampling.sample(
-        step_fn, init_cache_fn, state.actor.params, prompt_ids, prompt_mask, rng, scfg
-    )
     resp, resp_mask = out.tokens, out.mask.astype(jnp.float32)
     ids = jnp.concatenate([prompt_ids, resp], axis=1)
     mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
@@ -107,7 +153,9 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
     ref_logits = response_logits(graphs.actor, frozen.reference, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
     resp_full = jnp.concatenate([jnp.zeros_like(prompt_mask), out.mask.astype(mask.dtype)], 1)
-    raw_score = sequence_scores(graphs.reward, frozen.reward, ids, mask, resp_full)
+    raw_score, parts = device_scores(frozen, ids, mask, resp_full, graphs=graphs, cfg=cfg)
+    if host_score is not None:
+        raw_score = raw_score + host_score.astype(jnp.float32)
     if cfg.needs_critic:
         values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
     else:
@@ -117,6 +165,12 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
     score = shaping.clip_scores(score, cfg.score_clip or None)
     if cfg.whiten_scores:
         score = shaping.whiten_scores(score)
+    if cfg.dynamic_sampling:
+        # DAPO: groups whose samples all scored the same carry no signal; drop them from the loss.
+        from girl_jax.rl import filters
+
+        keep_B = filters.groups_with_signal(score, cfg.group_size)
+        resp_mask = resp_mask * keep_B[:, None]
     kl_coef = state.kl.kl_coef
     kl_BxT = registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref) * resp_mask
     kl_rewards = kl_mod.kl_penalty_rewards(
@@ -128,17 +182,18 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
         values=values,
         mask=resp_mask,
         scores=None
-        if cfg.needs_critic
+        if cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES
         else score - (kl_BxT.sum(1) * kl_coef if cfg.kl_in_reward else 0.0),
         config=cfg,
     )
     if cfg.whiten_advantages:
         advantages = adv_mod.whiten(advantages, resp_mask)
-    lengths = resp_mask.sum(1)
+    lengths = out.mask.astype(jnp.float32).sum(1)
+    kl_seq = (registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref) * out.mask).sum(1)
     stats = dict(
-        proxy_reward=raw_score.mean(),
+        reward=raw_score.mean(),
         score=score.mean(),
-        kl=kl_BxT.sum(1).mean(),
+        kl=kl_seq.mean(),
         kl_coef=kl_coef,
         response_length=lengths.mean(),
         eos_rate=out.has_eos.astype(jnp.float32).mean(),
@@ -146,7 +201,11 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
         advantages_std=jnp.sqrt(loss_mod.masked_mean(advantages**2, resp_mask)),
         explained_variance=explained_variance(values, returns, resp_mask),
         rewards_finite=common.all_finite(rewards, advantages).astype(jnp.float32),
+        **{k: v.mean() for k, v in parts.items()},
     )
+    if cfg.dynamic_sampling:
+        stats["groups_kept"] = keep_B.mean()
+    stats.setdefault("proxy_reward", raw_score.mean())
     data = dict(
         ids=ids,
         mask=mask,
@@ -158,6 +217,17 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
         advantages=advantages,
         returns=returns,
     )
+    return data, stats
+
+
+# Advantage estimators that read per-token rewards (KL included) rather than sequence scores.
+TOKEN_REWARD_ADVANTAGES = ("reinforce_pp", "reinforce_pp_baseline")
+
+
+def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg: PPOConfig, scfg):
+    """Sample, score and compute every quantity the update treats as constant (device terms)."""
+    out = sample_responses(state.actor.params, batch, rng, graphs=graphs, scfg=scfg)
+    data, stats = score_rollout(state, frozen, batch, out, None, graphs=graphs, cfg=cfg)
     return data, stats, out
 
 
@@ -227,6 +297,44 @@ def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, ac
     return state.replace(actor=actor, critic=critic), metrics
 
 
+def update_step(
+    state: PPOState,
+    frozen: Frozen,
+    batch,
+    out,
+    host_score,
+    rng,
+    *,
+    graphs: Graphs,
+    cfg: PPOConfig,
+    actor_tx,
+    critic_tx,
+    controller,
+):
+    """Score a sampled batch, update actor and critic, step the KL controller (pure).
+
+    `rng` is the iteration's key (the one `train_step` takes); the update draws from its second
+    half, so `sample_step` then `update_step` equals the fused `train_step` given the same key.
+    """
+    _, k_update = jax.random.split(rng)
+    data, stats = score_rollout(state, frozen, batch, out, host_score, graphs=graphs, cfg=cfg)
+    new_state, metrics = ppo_update(
+        state, data, k_update, graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx
+    )
+    finite = stats["rewards_finite"] > 0.5
+    new_state = common.select_tree(finite, new_state, state)
+    kl_state = controller.update(state.kl, stats["kl"], jnp.asarray(cfg.batch_size, jnp.float32))
+    new_state = new_state.replace(kl=kl_state, iteration=state.iteration + 1)
+    metrics = {**stats, **metrics, "finite": finite.astype(jnp.float32)}
+    return new_state, metrics
+
+
+def sample_step(state: PPOState, batch, rng, *, graphs: Graphs, scfg):
+    """The rollout half of a split iteration: the sampler's output for the iteration's key."""
+    k_sample, _ = jax.random.split(rng)
+    return sample_responses(state.actor.params, batch, k_sample, graphs=graphs, scfg=scfg)
+
+
 def train_step(
     state: PPOState,
     frozen: Frozen,
@@ -240,15 +348,19 @@ def train_step(
     critic_tx,
     controller,
 ):
-    """One PPO iteration: rollout + update + KL-controller update, all in one program."""
-    k_sample, k_update = jax.random.split(rng)
-    data, stats, out = rollout(state, frozen, batch, k_sample, graphs=graphs, cfg=cfg, scfg=scfg)
-    new_state, metrics = ppo_update(
-        state, data, k_update, graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx
+    """One PPO iteration with on-device rewards: rollout + update + KL controller, one program."""
+    out = sample_step(state, batch, rng, graphs=graphs, scfg=scfg)
+    new_state, metrics = update_step(
+        state,
+        frozen,
+        batch,
+        out,
+        None,
+        rng,
+        graphs=graphs,
+        cfg=cfg,
+        actor_tx=actor_tx,
+        critic_tx=critic_tx,
+        controller=controller,
     )
-    finite = stats["rewards_finite"] > 0.5
-    new_state = common.select_tree(finite, new_state, state)
-    kl_state = controller.update(state.kl, stats["kl"], jnp.asarray(cfg.batch_size, jnp.float32))
-    new_state = new_state.replace(kl=kl_state, iteration=state.iteration + 1)
-    metrics = {**stats, **metrics, "finite": finite.astype(jnp.float32)}
     return new_state, metrics, (out.tokens, out.mask)

@@ -69,6 +69,14 @@ VARIANTS = [
     ("grpo", "clipped", {"group_size": GROUP}),
     ("rloo", "clipped", {"group_size": GROUP}),
     ("reinforce", "clipped", {"baseline": "mean"}),
+    ("dr_grpo", "gspo", {"group_size": GROUP, "clip_eps_high": 0.28}),
+    (
+        "grpo",
+        "clipped",
+        {"group_size": GROUP, "clip_eps_high": 0.28, "loss_agg": "seq_mean_token_sum_norm"},
+    ),
+    ("reinforce_pp", "clipped", {"loss_agg": "seq_mean_token_mean"}),
+    ("reinforce_pp_baseline", "dual_clip", {"group_size": GROUP, "max_new_tokens": T}),
 ]
 
 
