@@ -33,6 +33,21 @@ def model_config(d_model=128, num_layers=4, num_heads=4, max_len=256, family="gp
     )
 
 
+# PPO settings of the gold-reward run (README, "RL: what makes PPO work here").
+GOLD_PPO = dict(
+    reward="oracle",
+    iterations=40,
+    batch_size=64,
+    group_size=4,
+    advantage="grpo",
+    temperature=0.7,
+    learning_rate=1e-4,
+    kl_controller="fixed",
+    kl_coef=0.05,
+    eval_every=10,
+)
+
+
 def get_config(arg=None):
     variant = arg or "default"
     c = ml_collections.ConfigDict()
@@ -112,6 +127,12 @@ def get_config(arg=None):
         checkpoint_every=150,
         keep=2,
         log_every=20,
+        # Reward-model ensemble (Coste et al. 2023): K >= 2 more heads fitted on the probe's
+        # cached frozen-trunk features (needs steps=0), member k from seed seed+1000+k, each on
+        # a bootstrap resample of the training rows when ensemble_bootstrap; 0: none.
+        # Written to WORKDIR/reward/ensemble; see girl_jax/stages/reward.py.
+        ensemble_size=0,
+        ensemble_bootstrap=True,
     )
     c.ppo = dict(
         iterations=20,
@@ -153,6 +174,17 @@ def get_config(arg=None):
         checkpoint_every=10,
         keep=2,
         on_nonfinite="stop",  # stop | skip
+        # Reward terms, summed: model | ensemble | oracle (gold, diagnosis only) |
+        # python:package.module:function, each with an optional :weight (README, "Rewards").
+        reward="model",
+        ensemble_agg="mean",  # mean | min | mean_minus_std (reward=ensemble)
+        ensemble_lambda=1.0,  # std weight of mean_minus_std
+        clip_eps_high=0.0,  # > 0: DAPO clip-higher (ratio in [1 - clip_eps, 1 + clip_eps_high])
+        loss_agg="token_mean",  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+        baseline="none",  # reinforce: none | mean | value
+        grpo_eps=1e-4,
+        scale_by_std=True,  # grpo: divide by the group's std
+        dynamic_sampling=False,  # DAPO: drop groups whose rewards are all equal
     )
     # Optional Weights & Biases mirror of every stage's metrics (needs `pip install wandb`).
     c.wandb = dict(enabled=False, project="girl_jax", entity="", mode="", group="")
@@ -228,6 +260,12 @@ def get_config(arg=None):
         c.recommend.update(
             epochs=1, batch_size=64, mlp_hidden=32, dot_dim=32, head_epochs=3, seeds=[0]
         )
+    elif variant == "gold":
+        # Gold-reward PPO: the market's recruiter oracle is the reward (diagnosis only: it
+        # proves the RL machinery can raise the true match rate when the reward is right).
+        # Every section but ppo equals the default, so it runs on a finished default workdir:
+        #   rm -rf W/ppo && girl ppo --config configs/default.py:gold --workdir W
+        c.ppo.update(GOLD_PPO)
     elif variant != "default":
-        raise ValueError(f"unknown variant {variant!r}: use default or smoke")
+        raise ValueError(f"unknown variant {variant!r}: use default, gold or smoke")
     return c

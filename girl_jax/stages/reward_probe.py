@@ -6,10 +6,14 @@ market a fine-tuned RM stayed at held-out AUC 0.56 after 400 steps while a logis
 on the frozen trunk's pooled states reached 0.70 and a small MLP 0.73. So the reward stage first
 fits the head on features computed once with the frozen trunk (many cheap epochs, early stopping
 on validation AUC), then optionally fine-tunes everything from there (LP-FT, Kumar et al. 2022).
+
+The same cached features also fit a reward-model ensemble (`fit_ensemble`: K more heads on the
+frozen trunk, each from its own seed and bootstrap resample; Coste et al. 2023).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -43,6 +47,23 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else 0.5
 
 
+@functools.lru_cache(maxsize=8)
+def _head_fns(head_graphdef, objective: str, margin: float, learning_rate, weight_decay):
+    """(tx, jitted step, jitted score) of `fit_head`, shared by calls with the same head and
+    settings (an ensemble's members): compiled once, not once per member."""
+    tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+    loss = functools.partial(probe_loss, objective=objective, margin=margin)
+
+    @jax.jit
+    def step(hp, opt, x, y):
+        value, grads = jax.value_and_grad(loss)(hp, head_graphdef, x, y)
+        updates, opt = tx.update(grads, opt, hp)
+        return optax.apply_updates(hp, updates), opt, value
+
+    score_fn = jax.jit(lambda hp, x: nnx.merge(head_graphdef, hp)(x))
+    return tx, step, score_fn
+
+
 def fit_head(
     head_graphdef,
     head_params,
@@ -60,26 +81,21 @@ def fit_head(
     seed: int,
     margin: float = 0.0,
     on_epoch=None,
+    rows: np.ndarray | None = None,
 ):
     """Adam on the head alone over cached features; returns (best head params, history).
 
     train_x is [N, ...] with train_y [N] (pointwise) or [2, N, ...] chosen / rejected
     (pairwise); an array (pooled features) or a pytree of arrays (a token head's states and
     masks). The head kept is the one with the best validation AUC (val_x [M, ...], labels
-    val_y [M]); training stops after `patience` epochs without a better one.
+    val_y [M]); training stops after `patience` epochs without a better one. `rows` (indices
+    into the N training rows, repeats allowed: a bootstrap resample) trains on those rows
+    instead of all N, without copying the features.
     """
-    tx = optax.adamw(learning_rate, weight_decay=weight_decay)
-    loss = functools.partial(probe_loss, objective=objective, margin=margin)
-
-    @jax.jit
-    def step(hp, opt, x, y):
-        value, grads = jax.value_and_grad(loss)(hp, head_graphdef, x, y)
-        updates, opt = tx.update(grads, opt, hp)
-        return optax.apply_updates(hp, updates), opt, value
-
-    score_fn = jax.jit(lambda hp, x: nnx.merge(head_graphdef, hp)(x))
+    tx, step, score_fn = _head_fns(head_graphdef, objective, margin, learning_rate, weight_decay)
     axis = 0 if objective == "pointwise" else 1
-    n = _num_rows(train_x, axis)
+    rows = np.arange(_num_rows(train_x, axis)) if rows is None else np.asarray(rows)
+    n = len(rows)
 
     def score(hp, x):
         m = _num_rows(x, 0)
@@ -98,7 +114,7 @@ def fit_head(
         perm = rng.permutation(n)
         losses = []
         for b in range(0, n - bs + 1, bs):  # full batches only: one compiled shape
-            idx = perm[b : b + bs]
+            idx = rows[perm[b : b + bs]]
             x = _rows(train_x, idx, axis)
             y = train_y[idx] if train_y is not None else jnp.zeros((bs,), jnp.float32)
             head_params, opt, value = step(head_params, opt, x, y)
@@ -117,12 +133,22 @@ def fit_head(
     return best, history
 
 
-def probe(cfg, graphdef, params, train, val, seed: int):
-    """Fits the reward head on frozen-trunk features; returns (full params, history).
+@dataclasses.dataclass
+class Features:
+    """Frozen-trunk features, computed once: what `fit_head` reads (see `cached_features`)."""
 
-    Features are computed once: pooled [N, F] for pooled heads, or for token heads
-    (`attn_mlp`) the trunk's states as float16 [N, W, D] (W = longest row, rounded to 32) with
-    their masks (and match flags): ~1 GB for the default market's 16.5k training rows.
+    train_x: object  # [N, ...] pointwise, [2, N, ...] pairwise; an array or a pytree
+    train_y: np.ndarray | None  # [N] labels (pointwise), None (pairwise)
+    val_x: object  # [M, ...]
+    val_y: np.ndarray  # [M] labels
+
+
+def cached_features(cfg, graphdef, params, train, val) -> Features:
+    """The frozen trunk's features of the training and validation rows, computed once.
+
+    Pooled [N, F] for pooled heads, or for token heads (`attn_mlp`) the trunk's states as
+    float16 [N, W, D] (W = longest row, rounded to 32) with their masks (and match flags):
+    ~1 GB for the default market's 16.5k training rows.
     """
     from girl_jax.models.heads import TOKEN_HEADS, pool_features
     from girl_jax.stages.reward import score_dataset, trimmed_width
@@ -164,14 +190,17 @@ def probe(cfg, graphdef, params, train, val, seed: int):
             sides = [_pad_tokens(x, width) for x in sides]
         train_x, train_y = jax.tree.map(lambda *a: np.stack(a), *sides), None
     val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"])
-    head_graphdef, head_params = nnx.split(model.reward_head)
-    best, history = fit_head(
+    return Features(train_x, train_y, val_x, np.asarray(val["label"]))
+
+
+def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=None):
+    return fit_head(
         head_graphdef,
         head_params,
-        train_x,
-        train_y,
-        val_x,
-        val["label"],
+        features.train_x,
+        features.train_y,
+        features.val_x,
+        features.val_y,
         objective=cfg.objective,
         epochs=cfg.probe_epochs,
         batch_size=cfg.probe_batch_size,
@@ -180,9 +209,68 @@ def probe(cfg, graphdef, params, train, val, seed: int):
         patience=cfg.probe_patience,
         seed=seed,
         margin=cfg.margin,
+        rows=rows,
     )
+
+
+def probe(cfg, graphdef, params, train, val, seed: int, features: Features | None = None):
+    """Fits the reward head on frozen-trunk features; returns (full params, history).
+
+    `features`: from `cached_features(cfg, graphdef, params, train, val)`, computed here when
+    None (pass them to reuse them afterwards, e.g. for `fit_ensemble`).
+    """
+    if features is None:
+        features = cached_features(cfg, graphdef, params, train, val)
+    model = nnx.merge(graphdef, params)
+    head_graphdef, head_params = nnx.split(model.reward_head)
+    best, history = _fit(cfg, head_graphdef, head_params, features, seed)
     nnx.update(model.reward_head, best)
     return nnx.state(model, nnx.Param), history
+
+
+def bootstrap_rows(n: int, seed: int) -> np.ndarray:
+    """n row indices drawn with replacement (a bootstrap resample), from `seed` alone."""
+    return np.random.default_rng([seed, 1]).integers(0, n, n)
+
+
+def fit_ensemble(
+    cfg,
+    head_graphdef,
+    init_head,
+    features: Features,
+    seeds,
+    *,
+    bootstrap: bool,
+    on_member=None,
+):
+    """K more reward heads on the same cached features; returns (stacked params, members).
+
+    Member k starts from `init_head(seeds[k])` (a head state like `nnx.split(head)[1]`),
+    trains on a bootstrap resample of the training rows (pairs, for pairwise) drawn with
+    `bootstrap_rows(N, seeds[k])` when `bootstrap` (else on all of them, in its own order:
+    fit_head's shuffling also uses seeds[k]) and is early-stopped on validation AUC like the
+    main probe. The stacked params have K on axis 0 of every leaf; `members[k]` is
+    {"seed", "epochs", "probe_val_auc" (the best epoch's), "history"}. `on_member(k, member)`
+    is called after each member is fitted.
+    """
+    axis = 0 if cfg.objective == "pointwise" else 1
+    n = _num_rows(features.train_x, axis)
+    heads, members = [], []
+    for k, seed in enumerate(seeds):
+        rows = bootstrap_rows(n, seed) if bootstrap else None
+        best, history = _fit(cfg, head_graphdef, init_head(seed), features, seed, rows)
+        heads.append(jax.device_get(best))
+        member = {
+            "seed": int(seed),
+            "epochs": len(history),
+            "probe_val_auc": max(h["probe_val_auc"] for h in history),
+            "history": history,
+        }
+        members.append(member)
+        if on_member is not None:
+            on_member(k, member)
+    stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *heads)
+    return stacked, members
 
 
 def _pad_tokens(x: dict, width: int) -> dict:
