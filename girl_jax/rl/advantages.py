@@ -228,7 +228,8 @@ def _dr_grpo_estimator(*, rewards=None, values=None, mask, scores=None, config: 
 
 
 def best_of_group(scores_B: Array, mask: Array, group_size: int) -> Array:
-    """1 on every valid token of each group's highest-scoring row (first on ties), else 0.
+    """1 on every valid token of each group's highest-scoring row (first on ties), else 0;
+    a group whose rows all scored the same gets 0 (nothing to prefer).
 
     With an unwhitened clipped loss this is best-of-n distillation (RAFT, Dong et al. 2023;
     ReST-style expert iteration): the first epoch's gradient is SFT on the group's best sample,
@@ -236,6 +237,7 @@ def best_of_group(scores_B: Array, mask: Array, group_size: int) -> Array:
     """
     s_GxK = _grouped(scores_B.astype(jnp.float32), group_size)
     best_GxK = jax.nn.one_hot(jnp.argmax(s_GxK, axis=1), group_size, dtype=jnp.float32)
+    best_GxK = best_GxK * (jnp.max(s_GxK, axis=1) > jnp.min(s_GxK, axis=1))[:, None]
     return _broadcast(best_GxK.reshape(-1), mask)
 
 

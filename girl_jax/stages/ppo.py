@@ -105,27 +105,11 @@ class PPOConfig:
             raise ConfigError(
                 f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1"
             )
-        if self.critic != "separate":
+        if self.critic not in ("separate", "value_head"):
             raise ConfigError(
-                "config.ppo.critic: only 'separate' (initialised from the RM) is "
-                "implemented; 'value_head' is not built yet"
+                "config.ppo.critic must be separate (a critic initialised from the RM) or "
+                "value_head (a value head on the policy trunk)"
             )
-        from girl_jax.stages import ppo_rewards
-
-        ppo_rewards.parse(self.reward)  # ConfigError naming the bad term
-        if self.ensemble_agg not in ("mean", "min", "mean_minus_std"):
-            raise ConfigError("config.ppo.ensemble_agg must be mean, min or mean_minus_std")
-        if self.loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
-            raise ConfigError(
-                "config.ppo.loss_agg must be token_mean, seq_mean_token_mean or "
-                "seq_mean_token_sum_norm"
-            )
-        if self.baseline not in ("none", "mean", "value"):
-            raise ConfigError("config.ppo.baseline must be none, mean or value")
-        if self.dynamic_sampling and self.group_size < 2:
-            raise ConfigError("config.ppo.dynamic_sampling needs config.ppo.group_size>1")
-        if self.clip_eps_high < 0:
-            raise ConfigError("config.ppo.clip_eps_high must be >= 0 (0: = clip_eps)")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:
@@ -176,7 +160,7 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
 def build(config, workdir: str, data, mesh, rules):
     """Everything PPO holds: graphs, the initial state, frozen roles, optimizers, shardings."""
     from girl_jax.models.decoder import Decoder
-    from girl_jax.models.heads import ScoreModel, transplant_trunk
+    from girl_jax.models.heads import ScalarHead, ScoreModel, transplant_trunk
     from girl_jax.parallel import state as state_mod
     from girl_jax.stages import reward, sft
 
@@ -196,16 +180,21 @@ def build(config, workdir: str, data, mesh, rules):
         lambda rngs: Decoder(mcfg, rngs=rngs), actor_tx, mesh, rules, seed=config.seed
     )
     actor = actor.replace(params=common.fresh_copy(sft_params, actor_sh.params))
-    critic_graph, critic, critic_sh = state_mod.create_train_state(
-        lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, rules, seed=config.seed
-    )
-    # The critic starts from the reward model's trunk (and its head when it is the same
-    # per-token linear head; a pooled reward head does not give per-token values).
-    if isinstance(nnx.merge(rm_graph, rm_params), ScoreModel):
-        critic_params = rm_params
+    if cfg.critic == "value_head":  # a zero-initialised value head on the policy's trunk
+        critic_graph, critic, critic_sh = state_mod.create_train_state(
+            lambda rngs: ScalarHead(mcfg.d_model, rngs=rngs), critic_tx, mesh, rules
+        )
     else:
-        critic_params = transplant_trunk(rm_params, critic.params)
-    critic = critic.replace(params=common.fresh_copy(critic_params, critic_sh.params))
+        critic_graph, critic, critic_sh = state_mod.create_train_state(
+            lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, rules, seed=config.seed
+        )
+        # The critic starts from the reward model's trunk (and its head when it is the same
+        # per-token linear head; a pooled reward head does not give per-token values).
+        if isinstance(nnx.merge(rm_graph, rm_params), ScoreModel):
+            critic_params = rm_params
+        else:
+            critic_params = transplant_trunk(rm_params, critic.params)
+        critic = critic.replace(params=common.fresh_copy(critic_params, critic_sh.params))
     controller = kl_mod.make_kl_controller(
         cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
     )

@@ -75,6 +75,19 @@ def response_values(graphdef, params, ids, mask, prompt_len):
     return values[:, prompt_len - 1 : -1].astype(jnp.float32)
 
 
+def response_logits_and_values(graphs: Graphs, actor_params, head_params, ids, mask, prompt_len):
+    """`critic=value_head`: one trunk pass gives the LM logits and the shared-trunk values.
+
+    The value head reads the policy's final hidden states, so the value loss also trains the
+    policy trunk (TRL's `AutoModelForCausalLMWithValueHead`, lm-human-preferences).
+    """
+    h_BxTxD, _ = nnx.merge(graphs.actor, actor_params).hidden(ids, mask)
+    h_resp = h_BxTxD[:, prompt_len - 1 : -1]
+    logits = nnx.merge(graphs.actor, actor_params).logits(h_resp)
+    values = nnx.merge(graphs.critic, head_params)(h_resp).astype(jnp.float32)
+    return logits, values
+
+
 def sequence_scores(graphdef, params, ids, mask, response_mask=None):
     """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
     from girl_jax.models.heads import sequence_score
@@ -148,7 +161,12 @@ def score_rollout(
     ids = jnp.concatenate([prompt_ids, resp], axis=1)
     mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
 
-    logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
+    if cfg.critic == "value_head":
+        logits, head_values = response_logits_and_values(
+            graphs, state.actor.params, state.critic.params, ids, mask, P
+        )
+    else:
+        logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
     logp_old = common.token_logprobs(logits, resp, cfg.temperature)
     ref_logits = response_logits(graphs.actor, frozen.reference, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
@@ -156,7 +174,9 @@ def score_rollout(
     raw_score, parts = device_scores(frozen, ids, mask, resp_full, graphs=graphs, cfg=cfg)
     if host_score is not None:
         raw_score = raw_score + host_score.astype(jnp.float32)
-    if cfg.needs_critic:
+    if cfg.needs_critic and cfg.critic == "value_head":
+        values = head_values * resp_mask
+    elif cfg.needs_critic:
         values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
     else:
         values = jnp.zeros_like(resp_mask)
@@ -232,7 +252,13 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
 
 
 def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: PPOConfig, P: int):
-    logits = response_logits(graphs.actor, actor_params, mb["ids"], mb["mask"], P)
+    shared = cfg.needs_critic and cfg.critic == "value_head"
+    if shared:
+        logits, v = response_logits_and_values(
+            graphs, actor_params, critic_params, mb["ids"], mb["mask"], P
+        )
+    else:
+        logits = response_logits(graphs.actor, actor_params, mb["ids"], mb["mask"], P)
     logits = logits.astype(jnp.float32) / cfg.temperature
     logp = common.token_logprobs(logits, mb["resp"])
     m = mb["resp_mask"]
@@ -243,7 +269,8 @@ def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: P
     total = pg_loss - cfg.ent_coef * entropy
     metrics = dict(policy_loss=pg_loss, entropy=entropy, **pm)
     if cfg.needs_critic:
-        v = response_values(graphs.critic, critic_params, mb["ids"], mb["mask"], P)
+        if not shared:
+            v = response_values(graphs.critic, critic_params, mb["ids"], mb["mask"], P)
         vf_loss, vm = registry.get("value_loss", cfg.value_loss)(
             v, mb["values_old"], mb["returns"], m, config=cfg
         )

@@ -377,14 +377,16 @@ def test_registered_names():
 def test_bon_marks_each_groups_best_row():
     from girl_jax.rl import registry
 
-    scores = np.array([0.1, 0.9, 0.3, 0.9, 2.0, -1.0, 0.0, 1.0], np.float32)
-    mask = np.ones((8, 3), np.float32)
+    scores = np.array([0.1, 0.9, 0.3, 0.9, 2.0, -1.0, 0.0, 1.0, 5, 5, 5, 5], np.float32)
+    mask = np.ones((12, 3), np.float32)
     mask[1, 2] = 0
     adv, ret = registry.get("advantage", "bon")(
         rewards=None, values=None, mask=mask, scores=scores, config={"group_size": 4}
     )
-    want = np.zeros(8)
-    for g in range(2):  # NumPy reference: first argmax per group of 4
-        want[g * 4 + int(np.argmax(scores[g * 4 : g * 4 + 4]))] = 1.0
+    want = np.zeros(12)
+    for g in range(3):  # NumPy reference: first argmax per group of 4, none if all equal
+        group = scores[g * 4 : g * 4 + 4]
+        if group.max() > group.min():
+            want[g * 4 + int(np.argmax(group))] = 1.0
     np.testing.assert_array_equal(np.asarray(adv), want[:, None] * mask)
     np.testing.assert_allclose(np.asarray(ret), scores[:, None] * mask)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from girl_jax.models.decoder import Decoder, DecoderConfig
-from girl_jax.models.heads import ScoreModel
+from girl_jax.models.heads import ScalarHead, ScoreModel
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.rl import kl as kl_mod
@@ -60,7 +60,14 @@ def _setup(**overrides):
     atx = common.make_optimizer(cfg.learning_rate, 100, grad_clip=1.0, cosine=False)
     ctx = common.make_optimizer(cfg.critic_learning_rate, 100, grad_clip=1.0, cosine=False)
     ag, actor, _ = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), atx, mesh, None)
-    cg, critic, _ = state_mod.create_train_state(lambda r: ScoreModel(CFG, rngs=r), ctx, mesh, None)
+    if cfg.critic == "value_head":  # a value head on the policy trunk
+        cg, critic, _ = state_mod.create_train_state(
+            lambda r: ScalarHead(CFG.d_model, rngs=r), ctx, mesh, None
+        )
+    else:
+        cg, critic, _ = state_mod.create_train_state(
+            lambda r: ScoreModel(CFG, rngs=r), ctx, mesh, None
+        )
     rg, rparams = nnx.split(CountReward(), nnx.Param)
     controller = kl_mod.make_kl_controller("fixed", cfg.kl_coef)
     ref = jax.tree.map(jnp.copy, actor.params)
@@ -90,10 +97,20 @@ def _setup(**overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "advantage,group", [("gae", 1), ("grpo", 4), ("rloo", 4), ("reinforce", 1)]
+    "advantage,group,extra",
+    [
+        ("gae", 1, {}),
+        ("gae", 1, {"critic": "value_head"}),
+        ("grpo", 4, {}),
+        ("rloo", 4, {}),
+        ("reinforce", 1, {}),
+        ("reinforce", 1, {"baseline": "mean"}),
+        ("reinforce", 1, {"baseline": "value", "critic": "value_head"}),
+        ("bon", 4, {"whiten_advantages": False}),
+    ],
 )
-def test_ppo_raises_toy_reward(advantage, group):
-    cfg, st, frozen, step, batch, _ = _setup(advantage=advantage, group_size=group)
+def test_ppo_raises_toy_reward(advantage, group, extra):
+    cfg, st, frozen, step, batch, _ = _setup(advantage=advantage, group_size=group, **extra)
     rewards = []
     # 30 iterations: with the inverse-CDF sampler, rloo's gain by iteration 25 ranged 0.56-5.06
     # over 16 key offsets (these keys: 0.56); by 30 these keys give 2.79.
@@ -104,6 +121,9 @@ def test_ppo_raises_toy_reward(advantage, group):
     first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
     assert last > first + 1.0, (advantage, rewards)
     assert int(st.iteration) == 30
+    if cfg.needs_critic and cfg.critic == "value_head":  # the head learned something
+        head = jax.tree.leaves(st.critic.params)
+        assert any(float(jnp.abs(x).max()) > 0 for x in head)
 
 
 def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
