@@ -112,6 +112,27 @@ def main(args, overrides) -> None:
         batch_size=1,
     )
     texts = gen_greedy.generate([cv], jax.random.key(0))
+    best_of = int(getattr(args, "best_of", 0) or 0)
+    if best_of > 0:  # the reward model's favourite of `best_of` samples replaces greedy
+        from girl_jax.stages.generation import best_of_n, reward_scorer
+
+        sampler = Generator(
+            graphdef,
+            params,
+            tok,
+            max_prompt_len=config.sft.max_prompt_len,
+            max_new_tokens=config.ppo.max_new_tokens,
+            greedy=False,
+            temperature=config.generate.get("best_of_temperature", 0.7),
+            batch_size=1,
+        )
+        texts, _, _ = best_of_n(
+            sampler,
+            reward_scorer(workdir, config, tok),
+            [cv],
+            best_of,
+            common.fold_rng(config.seed, "guidance-bon", 0),
+        )
     if n > 1:
         gen = Generator(
             graphdef,
@@ -130,7 +151,11 @@ def main(args, overrides) -> None:
     sims = gen_emb @ job_emb.T
     market = data.market if args.seeker_id is not None else None
     for k, text in enumerate(texts):
-        kind = "greedy" if k == 0 else f"sample {k}"
+        kind = (
+            ("greedy" if not best_of else f"best of {best_of} by the RM")
+            if k == 0
+            else (f"sample {k}")
+        )
         line = f"\n=== generated JD {k + 1} ({kind})"
         if market is not None:
             line += f", oracle match {market.true_match([args.seeker_id], [text])[0]:.3f}"

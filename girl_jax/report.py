@@ -33,6 +33,8 @@ def build_results(workdir: str) -> dict:
                 "true_match_rate_start",
                 "true_match_rate_end",
                 "kl_end",
+                "reward",
+                "gold_reward",
             )
         },
         "recommender": rec.get("test", {}),
@@ -80,14 +82,37 @@ def results_table(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def overoptimisation(ppo_dir: str) -> tuple[dict, dict] | None:
+    """(curve, summary) of girl_jax.overopt for a PPO stage dir; None without eval points."""
+    from girl_jax import overopt
+
+    curve = overopt.curve_from_metrics(read_metrics(ppo_dir))
+    if not len(curve["d"]):
+        return None
+    return curve, overopt.summary(curve)
+
+
 def plot_ppo(ppo_dir: str) -> str | None:
-    """Proxy (RM) reward vs true match rate over PPO iterations: over-optimisation made visible."""
+    """Proxy (RM) reward vs true match rate over PPO iterations: over-optimisation made visible.
+
+    Writes ppo/proxy_vs_true.png (returned) and ppo/overoptimisation.png: both rewards minus the
+    start against d = sqrt(KL(policy||SFT)) with the Gao et al. (2022) fits (girl_jax.overopt).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from girl_jax import overopt
+
     hist = read_metrics(ppo_dir)
+    over = overoptimisation(ppo_dir)
+    if over is not None:
+        overopt.plot(
+            {"PPO": over[0]},
+            os.path.join(ppo_dir, "overoptimisation.png"),
+            title="PPO: reward over-optimisation (Gao et al. 2022)",
+        )
     roll = [h for h in hist if "proxy_reward" in h]
     evals = [h for h in hist if "eval_true_match_rate" in h]
     if not roll:
@@ -133,9 +158,10 @@ def plot_ppo(ppo_dir: str) -> str | None:
     ax[1].set_title("KL")
     fig.tight_layout()
     path = os.path.join(ppo_dir, "proxy_vs_true.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return overopt.savefig_atomic(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def plot_training(workdir: str) -> str | None:
@@ -218,7 +244,11 @@ def render(workdir: str) -> str:
     results_path = os.path.join(workdir, "results.json")
     if not os.path.isfile(results_path) and res["recommender"]:
         write_json_atomic(results_path, res)
-    pngs = [plot_training(workdir), plot_ppo(os.path.join(workdir, "ppo")), plot_roc(workdir)]
+    ppo_dir = os.path.join(workdir, "ppo")
+    pngs = [plot_training(workdir), plot_ppo(ppo_dir), plot_roc(workdir)]
+    over = overoptimisation(ppo_dir)
+    if over is not None and os.path.isfile(os.path.join(ppo_dir, "overoptimisation.png")):
+        pngs.append(os.path.join(ppo_dir, "overoptimisation.png"))
     m, s, r, p = res["market"], res["sft"], res["reward"], res["ppo"]
     out = ["# GIRL results", ""]
     cfg = _load(os.path.join(workdir, "config.json"))
@@ -256,8 +286,29 @@ def render(workdir: str) -> str:
         f"| PPO true match rate start -> end | {_fmt(p.get('true_match_rate_start'))} -> "
         f"{_fmt(p.get('true_match_rate_end'))} |",
         f"| PPO final KL | {_fmt(p.get('kl_end'))} |",
+        f"| PPO reward | `{p.get('reward') or 'model'}` |",
         "",
     ]
+    if p.get("gold_reward"):
+        out[-1:-1] = [
+            "",
+            "**Gold-reward run**: PPO was trained on the market's recruiter oracle "
+            "(`ppo.reward` has an `oracle` term), the same function that measures the true match "
+            "rate. Its GIRL row shows what a perfect reward model would give; it is not a "
+            "result of learning from recruiter feedback.",
+        ]
+    if over is not None:
+        from girl_jax import overopt
+
+        out += [
+            "## PPO reward over-optimisation",
+            "",
+            "Proxy and true reward gains vs d = sqrt(KL(policy||SFT)), fitted with "
+            "Gao et al. (2022)'s RL form (`ppo/overoptimisation.png`).",
+            "",
+            overopt.summary_table(over[1]),
+            "",
+        ]
     gen_path = os.path.join(workdir, "generated", "generated.parquet")
     if os.path.isfile(gen_path):
         import pandas as pd

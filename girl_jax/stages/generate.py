@@ -73,8 +73,43 @@ def run(config, workdir: str) -> dict:
             out[f"true_match_{name}"] = data.market.true_match(
                 out["seeker_id"].to_numpy(), list(out[f"jd_{name}"])
             )
+    best_of = int(g.get("best_of", 0))
+    if best_of > 0:  # baseline: best of n SFT samples by the reward model
+        part = os.path.join(out_dir, f"jd_bon{best_of}.parquet")
+        if not os.path.isfile(part):
+            from girl_jax.stages.generation import best_of_n, reward_scorer
+
+            graphdef, params = generators["sft"]()
+            gen = Generator(
+                graphdef,
+                params,
+                tok,
+                max_prompt_len=config.sft.max_prompt_len,
+                max_new_tokens=config.ppo.max_new_tokens,
+                greedy=False,
+                temperature=g.get("best_of_temperature", 0.7),
+                batch_size=g.batch_size,
+            )
+            texts, _, _ = best_of_n(
+                gen,
+                reward_scorer(workdir, config, tok),
+                list(seekers["cv"]),
+                best_of,
+                common.fold_rng(config.seed, "gen-bon", 0),
+            )
+            io.write_parquet_atomic(
+                pd.DataFrame({"seeker_id": seekers["seeker_id"], "jd_bon": texts}), part
+            )
+        out["jd_bon"] = pd.read_parquet(part)["jd_bon"].to_numpy()
+        generators["bon"] = None
+        if data.market is not None:
+            out["true_match_bon"] = data.market.true_match(
+                out["seeker_id"].to_numpy(), list(out["jd_bon"])
+            )
     io.write_parquet_atomic(out, os.path.join(out_dir, "generated.parquet"))
     info = {"seekers": len(out), "steps": steps, "greedy": bool(g.greedy)}
+    if best_of > 0:
+        info["best_of"] = best_of
     for name in generators:
         if f"true_match_{name}" in out:
             info[f"true_match_{name}"] = float(np.mean(out[f"true_match_{name}"]))

@@ -83,3 +83,40 @@ def score_texts(market, seeker_ids, texts) -> dict[str, float]:
     parsed = [market_mod.parse_jd(t) for t in texts]
     ok = [p is not None and getattr(p, "valid", True) for p in parsed]
     return {"true_match_rate": float(np.mean(true)), "parse_rate": float(np.mean(ok))}
+
+
+def best_of_n(gen: Generator, score_fn, cvs, n: int, rng):
+    """Best-of-n: `n` sampled JDs per CV, the one `score_fn(cvs, jds) -> [B]` rates highest.
+
+    Returns (texts, their scores [B], all scores [n, B]). The baseline PPO should beat at equal
+    KL (KL of best-of-n from its sampler: log n - (n - 1) / n, `overopt.bon_kl`).
+    """
+    cvs = list(cvs)
+    if n < 1:
+        raise ValueError(f"best_of must be >= 1, got {n}")
+    draws = [gen.generate(cvs, jax.random.fold_in(rng, i)) for i in range(n)]
+    scores_NxB = np.stack([np.asarray(score_fn(cvs, d), dtype=np.float64) for d in draws])
+    best_B = np.argmax(scores_NxB, axis=0)
+    texts = [draws[k][b] for b, k in enumerate(best_B)]
+    return texts, scores_NxB[best_B, np.arange(len(cvs))], scores_NxB
+
+
+def reward_scorer(workdir: str, config, tokenizer):
+    """`(cvs, jds) -> RM scores [B]` with the final reward model, batched (host arrays)."""
+    import functools
+
+    from girl_jax.data import batches
+    from girl_jax.stages import reward
+    from girl_jax.stages.ppo_step import sequence_scores
+
+    graphdef, params = reward.load_final_params(workdir, config, tokenizer.vocab_size)
+    fn = jax.jit(functools.partial(sequence_scores, graphdef))
+    max_len = config.sft.max_prompt_len + config.ppo.max_new_tokens
+
+    def score(cvs, jds):
+        enc = batches.encode_reward(
+            tokenizer, list(cvs), list(jds), [0] * len(jds), max_len=max_len
+        )
+        return reward.score_dataset(fn, params, enc, 64)
+
+    return score
