@@ -33,7 +33,7 @@ def model_config(d_model=128, num_layers=4, num_heads=4, max_len=256, family="gp
     )
 
 
-# PPO settings of the gold-reward run (README, "RL: what makes PPO work here").
+# PPO settings of the gold-reward run (docs/rl.md).
 GOLD_PPO = dict(
     reward="oracle",
     iterations=40,
@@ -103,7 +103,7 @@ def get_config(arg=None):
         head="attn_mlp",
         head_hidden=256,
         # The head reads the residual stream after this many trunk blocks (0: the last block's
-        # normed output, specialised for next-token prediction); README, "Reward model".
+        # normed output, specialised for next-token prediction); docs/results.md, "Reward model".
         feature_layer=3,
         # Exact-match flags per token (a JD token / bigram found in the CV and vice versa,
         # DrQA-style) beside the trunk states: pooled_mlp / attn_mlp heads only.
@@ -140,7 +140,7 @@ def get_config(arg=None):
         group_size=1,  # k samples per CV (grpo / rloo need k > 1)
         epochs=2,
         minibatches=2,
-        learning_rate=5e-5,  # 2e-4 with kl_coef 0.05 over-optimised the RM (README, Results)
+        learning_rate=5e-5,  # 2e-4 with kl_coef 0.05 over-optimised the RM (docs/results.md)
         critic_learning_rate=5e-4,
         grad_clip=1.0,
         advantage="gae",  # gae | grpo | rloo | reinforce
@@ -175,7 +175,7 @@ def get_config(arg=None):
         keep=2,
         on_nonfinite="stop",  # stop | skip
         # Reward terms, summed: model | ensemble | oracle (gold, diagnosis only) |
-        # python:package.module:function, each with an optional :weight (README, "Rewards").
+        # python:package.module:function, each with an optional :weight (docs/rl.md).
         reward="model",
         ensemble_agg="mean",  # mean | min | mean_minus_std (reward=ensemble)
         ensemble_lambda=1.0,  # std weight of mean_minus_std
@@ -188,7 +188,15 @@ def get_config(arg=None):
     )
     # Optional Weights & Biases mirror of every stage's metrics (needs `pip install wandb`).
     c.wandb = dict(enabled=False, project="girl_jax", entity="", mode="", group="")
-    c.generate = dict(greedy=True, temperature=1.0, top_k=0, top_p=1.0, batch_size=128)
+    c.generate = dict(
+        greedy=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        batch_size=128,
+        best_of=0,  # > 0: also a best-of-n row (n SFT samples, the reward model's favourite)
+        best_of_temperature=0.7,
+    )
     c.recommend = dict(
         encoder=dict(
             init_from="",  # "" (tiny from scratch) | "minilm" | local BERT directory

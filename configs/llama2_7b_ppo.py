@@ -5,7 +5,7 @@ bf16 compute, f32 params, remat per block, scanned layers.
 
 Plan it on any CPU host (no TPU needed; `pip install -e '.[tpu]'` for libtpu):
     girl plan --config configs/llama2_7b_ppo.py --topology v5e:16x16
-Expected: SFT, reward and PPO steps compile and fit in 16 GiB per chip (table in README.md).
+Expected: SFT, reward and PPO steps compile and fit in 16 GiB per chip (table in docs/scale.md).
 Run it on the pod (weights from a local HF directory):
     CONFIG=configs/llama2_7b_ppo.py launch/tpu_pod.sh --config.sft.init_from=/path/llama-2-7b
 """

@@ -15,7 +15,7 @@ Each term takes an optional trailing ``:weight`` (default 1.0), e.g.
 
 `model` and `ensemble` run on device, inside the step. `oracle` and `python` terms run on the
 host: the iteration then splits into a jitted rollout, host scoring and a jitted, donated
-update (`ppo_step.sample` / `ppo_step.update_step`); with device terms alone it stays one
+update (`ppo_step.sample_step` / `ppo_step.update_step`); with device terms alone it stays one
 fused program. A host function that raises, returns the wrong type or length stops the run
 with one line naming it and the iteration; non-finite values do too, or the iteration is
 skipped and counted with `ppo.on_nonfinite=skip`.
