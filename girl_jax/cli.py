@@ -6,6 +6,10 @@
     girl sft | reward | ppo | recommend --config ... --workdir DIR
     girl generate --workdir DIR --cv FILE|-             JDs for a CV and the closest real jobs
     girl plan     --config ... --topology v5e:16x16     per-chip memory of the real steps (AOT)
+    girl sweep    --config ... --workdir DIR --grid ppo.kl_coef=0.05,0.2 [--grid ...]
+                  [--seeds 0,1,2] [--name NAME]       PPO grid x seeds from DIR's SFT + RM;
+                                                        DIR/sweeps/NAME/{table.md,table.json,
+                                                        overoptimisation.png} (girl_jax/sweep.py)
     girl report   DIR                                   re-render report.md and plots
 
 Errors caused by input (data, config, checkpoints) print one line and exit 2.
@@ -54,11 +58,39 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num", type=int, default=3, help="JDs to write")
     g.add_argument("--jobs", type=int, default=5, help="closest real jobs to list")
     g.add_argument("--generator", choices=("ppo", "sft"), default="ppo")
+    g.add_argument(
+        "--best-of",
+        type=int,
+        default=0,
+        help="first JD = the reward model's favourite of N samples (default: greedy)",
+    )
     g.add_argument("--seeker-id", type=int, default=None, help="market seeker id (oracle score)")
     pl = with_config(sub.add_parser("plan", help="ahead-of-time memory plan"), workdir=False)
     pl.add_argument("--topology", required=True, help="e.g. v5e:16x16, v5p:4x4x4, cpu:8")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.add_argument("--steps", default="sft,reward,ppo", help="comma-separated steps to plan")
+    sw = with_config(
+        sub.add_parser(
+            "sweep",
+            help="PPO settings grid x seeds from a workdir's finished data/sft/reward",
+            description="Run PPO for every grid point x seed, each from WORKDIR's finished SFT "
+            "model and reward model, in WORKDIR/sweeps/NAME/cells/<cell>/ (resumable; finished "
+            "cells are skipped). Writes WORKDIR/sweeps/NAME/table.md, table.json (seeds "
+            "aggregated: true-match and proxy gains, KL, parse rate, wall time, mean ± std) and "
+            "overoptimisation.png. --config.x=y overrides apply to every cell. Example: girl sweep "
+            "--config configs/default.py --workdir W --grid ppo.advantage=gae,grpo,rloo "
+            "--grid ppo.kl_coef=0.05,0.2 --seeds 0,1,2 --config.ppo.group_size=4",
+        )
+    )
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="one axis of the grid, a config.ppo key and its values (repeatable)",
+    )
+    sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: config.seed)")
+    sw.add_argument("--name", default=None, help="sweep name (default: derived from the grid)")
     r = sub.add_parser("report", help="re-render report.md and plots from a workdir")
     r.add_argument("workdir")
     return p
@@ -69,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = _parser().parse_args(rest)
-    from girl_jax import preemption
+    from girl_jax import compile_cache, preemption
 
+    compile_cache.enable()  # before any compile; $GIRL_COMPILE_CACHE=off switches it off
     preemption.install()
     try:
         return _dispatch(args, overrides)
@@ -117,6 +150,11 @@ def _dispatch(args, overrides) -> int:
 
         rows = plans.plan(config, args.topology, tuple(args.steps.split(",")))
         print(plan.plan_to_json(rows) if args.json else plan.format_plan_table(rows))
+        return 0
+    if cmd == "sweep":
+        from girl_jax import sweep
+
+        sweep.run(config, args.workdir, args.grid, args.seeds, args.name)
         return 0
     from girl_jax import pipeline
 

@@ -110,6 +110,22 @@ class PPOConfig:
                 "config.ppo.critic must be separate (a critic initialised from the RM) or "
                 "value_head (a value head on the policy trunk)"
             )
+        from girl_jax.stages import ppo_rewards
+
+        ppo_rewards.parse(self.reward)  # ConfigError naming the bad term
+        if self.ensemble_agg not in ("mean", "min", "mean_minus_std"):
+            raise ConfigError("config.ppo.ensemble_agg must be mean, min or mean_minus_std")
+        if self.loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+            raise ConfigError(
+                "config.ppo.loss_agg must be token_mean, seq_mean_token_mean or "
+                "seq_mean_token_sum_norm"
+            )
+        if self.baseline not in ("none", "mean", "value"):
+            raise ConfigError("config.ppo.baseline must be none, mean or value")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ConfigError("config.ppo.dynamic_sampling needs config.ppo.group_size>1")
+        if self.clip_eps_high < 0:
+            raise ConfigError("config.ppo.clip_eps_high must be >= 0 (0: = clip_eps)")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import pickle
 import shutil
 import socket
 import sys
@@ -96,16 +97,46 @@ class TinyRun:
         return dest
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> TinyRun:
-    """The whole pipeline on the tiny config, once per session, with the network refused."""
-    workdir = str(tmp_path_factory.mktemp("tiny") / "run")
+def _shared_dir(tmp_path_factory):
+    """A directory every pytest-xdist worker of this session sees (the base temp without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _make_tiny_run(workdir: str) -> tuple[CliResult, NetworkGuard]:
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as mp:
         guard.install(mp)
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             mp.delenv(var, raising=False)  # the code itself must not need these to stay offline
         res = run_cli(["run", "--config", CONFIG, "--workdir", workdir, *TINY])
+    return res, guard
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """The whole pipeline on the tiny config, once per test run, with the network refused.
+
+    Under pytest-xdist the first worker that needs it makes it in a directory the workers share,
+    holding a file lock; the others wait for the lock and reuse the finished workdir and the
+    recorded CLI result and connection attempts (the run is deterministic: it is the run each
+    worker used to make for itself). Tests copy it (`TinyRun.copy`) before changing anything.
+    """
+    from filelock import FileLock
+
+    root = _shared_dir(tmp_path_factory) / "reliability_tiny_run"
+    root.mkdir(exist_ok=True)
+    workdir, record = str(root / "run"), root / "made.pickle"
+    with FileLock(str(root / "lock")):
+        if record.exists():
+            code, stdout, stderr, error, attempts = pickle.loads(record.read_bytes())
+            res = CliResult(code, stdout, stderr, None if error is None else RuntimeError(error))
+            guard = NetworkGuard(attempts)
+        else:
+            res, guard = _make_tiny_run(workdir)
+            error = None if res.error is None else f"{type(res.error).__name__}: {res.error}"
+            made = (res.code, res.stdout, res.stderr, error, guard.attempts)
+            record.write_bytes(pickle.dumps(made))
     if res.code != 0 or res.error is not None:
         pytest.fail(
             f"tiny run failed: code {res.code}, {res.error!r}\n{res.stderr[-3000:]}", pytrace=False

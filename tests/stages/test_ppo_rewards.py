@@ -197,3 +197,26 @@ def test_split_iteration_equals_fused_step(advantage, group):
                 np.testing.assert_allclose(m[k], m_fused[i][k], rtol=1e-5, atol=1e-5, err_msg=k)
         for a, b in zip(jax.tree.leaves(split.actor.params), jax.tree.leaves(fused.actor.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("ensemble_agg", "median", "ensemble_agg"),
+        ("loss_agg", "sum", "loss_agg"),
+        ("baseline", "critic", "baseline"),
+        ("clip_eps_high", -0.1, "clip_eps_high"),
+        ("critic", "shared", "critic"),
+    ],
+)
+def test_ppo_config_rejects_bad_variant_settings(key, value, match):
+    from tests.stages.test_stages_ppo import get_config
+
+    c = get_config("smoke").ppo
+    c[key] = value
+    with pytest.raises(ConfigError, match=f"config.ppo.{match}"):
+        ppo.PPOConfig.from_config(c)
+    c = get_config("smoke").ppo
+    c.dynamic_sampling = True  # group_size 1
+    with pytest.raises(ConfigError, match="dynamic_sampling"):
+        ppo.PPOConfig.from_config(c)
