@@ -27,6 +27,7 @@ EXTRAS = {
         "pytest>=8",
         "pytest-xdist>=3.6",
         "pytest-timeout>=2.3",
+        "filelock>=3.12",
         "hypothesis>=6.100",
         "transformers>=5.0",
         "torch==2.13.0",
