@@ -114,6 +114,9 @@ def get_config(arg=None):
         # Linear probing first: the head is fitted on features of the frozen SFT trunk, computed
         # once (epochs are cheap), early-stopped on validation AUC; then `steps` of end-to-end
         # fine-tuning (0: keep the probed model). See girl_jax/stages/reward_probe.py.
+        # > 0: synthetic hard negatives per positive (an accepted JD with one field made wrong:
+        # city, pay, years, degree or skills), girl_jax/data/negatives.py; docs/rl.md.
+        synthetic_negatives=0.0,
         probe_epochs=30,
         probe_batch_size=256,
         probe_learning_rate=2e-3,

@@ -58,6 +58,9 @@ class RewardConfig:
     match_features: bool = False
     ensemble_size: int = 0  # 0: no ensemble; K >= 2: K more heads on the frozen trunk
     ensemble_bootstrap: bool = True  # each member on a bootstrap resample of the train rows
+    # > 0: add this many synthetic hard negatives per training positive (the accepted JD with one
+    # field made wrong for the seeker: city, pay, years, degree or skills; data/negatives.py)
+    synthetic_negatives: float = 0.0
 
     def __post_init__(self):
         if self.objective not in ("pointwise", "pairwise"):
@@ -347,6 +350,17 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     )
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
     train_df = data.split("train")
+    if cfg.synthetic_negatives > 0:
+        if data.market is None:
+            raise ConfigError(
+                "config.reward.synthetic_negatives needs the embedded market's structured jobs "
+                "(config.data.source=market)"
+            )
+        from girl_jax.data import negatives
+
+        train_df = negatives.augment(
+            train_df, data.market, cfg.synthetic_negatives, config.seed + 7
+        )
     if cfg.objective == "pointwise":
         train = pointwise_arrays(tok, train_df, max_len)
     else:
