@@ -69,7 +69,7 @@ def test_parse_grid_errors(items, piece):
         (["--grid", "ppo.nope=1,2"], ["unknown config key config.ppo.nope"]),
         (["--grid", "ppo.kl_coef=abc"], ["config.ppo.kl_coef", "expected float"]),
         (["--grid", "ppo.advantage=gae,bogus"], ["advantage=bogus", "config.ppo.advantage"]),
-        (["--grid", "ppo.advantage=rloo"], ["group_size"]),  # smoke's group_size is 1
+        (["--grid", "ppo.group_size=1"], ["group_size"]),  # smoke's advantage is grpo
         (["--seeds", "0,x"], ["--seeds"]),
         (["--name", "a/b"], ["--name"]),
         ([], ["final.json is missing", "girl run"]),  # the empty workdir has no finished stages

@@ -7,10 +7,10 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from test_stages_ppo import TARGET, Tok, _setup, get_config
 
 from girl_jax.errors import ConfigError, NumericsError
 from girl_jax.stages import ppo, ppo_rewards, ppo_step
-from tests.stages.test_stages_ppo import TARGET, Tok, _setup
 
 
 def test_parse_the_documented_spellings():
@@ -44,7 +44,6 @@ def test_parse_errors_name_the_term(spec, match):
 
 
 def test_ppo_config_validates_the_reward_spec():
-    from tests.stages.test_stages_ppo import get_config
 
     c = get_config("smoke").ppo
     c.reward = "model,bogus"
@@ -210,7 +209,6 @@ def test_split_iteration_equals_fused_step(advantage, group):
     ],
 )
 def test_ppo_config_rejects_bad_variant_settings(key, value, match):
-    from tests.stages.test_stages_ppo import get_config
 
     c = get_config("smoke").ppo
     c[key] = value
