@@ -7,7 +7,8 @@ Command:
 Expected (2-core CPU, nothing else running: ~17 min, measured 1036 s from a fresh clone):
 `workdir/default/results.json` and `report.md` with the
 Base / GIRL-SFT / GIRL table (AUC, LogLoss for MLP and Dot predictors), reward-model AUC on held-out
-recruiter labels, and PPO proxy vs true match rate. Variants: `default`, `smoke`.
+recruiter labels, and PPO proxy vs true match rate. Variants: `default`, `smoke`, `gold` (PPO on
+the recruiter oracle, docs/rl.md).
 """
 
 import ml_collections
