@@ -71,8 +71,15 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
     from girl_jax.sampling import SamplingConfig
     from girl_jax.stages import common, ppo_step
 
+    # TRL's PPO: GAE with a critic, rollouts at temperature 1 (not the default's GRPO).
     cfg = load_ppo_config(
-        epochs=epochs, minibatches=1, batch_size=batch, max_new_tokens=new, group_size=1
+        epochs=epochs,
+        minibatches=1,
+        batch_size=batch,
+        max_new_tokens=new,
+        group_size=1,
+        advantage="gae",
+        temperature=1.0,
     )
     mcfg = bc.decoder_config(shape, dtype=dtype)
     mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])

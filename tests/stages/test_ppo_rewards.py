@@ -215,6 +215,6 @@ def test_ppo_config_rejects_bad_variant_settings(key, value, match):
     with pytest.raises(ConfigError, match=f"config.ppo.{match}"):
         ppo.PPOConfig.from_config(c)
     c = get_config("smoke").ppo
-    c.dynamic_sampling = True  # group_size 1
+    c.dynamic_sampling, c.advantage, c.group_size = True, "gae", 1
     with pytest.raises(ConfigError, match="dynamic_sampling"):
         ppo.PPOConfig.from_config(c)

@@ -53,6 +53,9 @@ def _setup(**overrides):
         kl_controller="fixed",
         missing_eos_penalty=0.0,
         score_clip=0.0,
+        temperature=1.0,  # the toy tasks were tuned with rollouts at temperature 1
+        advantage="gae",
+        group_size=1,
     )
     c.update(**overrides)
     cfg = ppo.PPOConfig.from_config(c)
