@@ -102,12 +102,11 @@ def main(args, overrides) -> None:
     else:
         graphdef, params = sft.load_final_params(workdir, config, tok.vocab_size)
     n = max(1, args.num)
-    gen_greedy = Generator(
+    gen_greedy = Generator.from_config(
         graphdef,
         params,
         tok,
-        max_prompt_len=config.sft.max_prompt_len,
-        max_new_tokens=config.ppo.max_new_tokens,
+        config,
         greedy=True,
         batch_size=1,
     )
@@ -116,12 +115,11 @@ def main(args, overrides) -> None:
     if best_of > 0:  # the reward model's favourite of `best_of` samples replaces greedy
         from girl_jax.stages.generation import best_of_n, reward_scorer
 
-        sampler = Generator(
+        sampler = Generator.from_config(
             graphdef,
             params,
             tok,
-            max_prompt_len=config.sft.max_prompt_len,
-            max_new_tokens=config.ppo.max_new_tokens,
+            config,
             greedy=False,
             temperature=config.generate.get("best_of_temperature", 0.7),
             batch_size=1,
@@ -134,12 +132,11 @@ def main(args, overrides) -> None:
             common.fold_rng(config.seed, "guidance-bon", 0),
         )
     if n > 1:
-        gen = Generator(
+        gen = Generator.from_config(
             graphdef,
             params,
             tok,
-            max_prompt_len=config.sft.max_prompt_len,
-            max_new_tokens=config.ppo.max_new_tokens,
+            config,
             greedy=False,
             temperature=config.ppo.temperature,
             batch_size=n - 1,

@@ -50,12 +50,11 @@ def run(config, workdir: str) -> dict:
         steps[name] = ckpt_mod.read_final(os.path.join(workdir, name), name)["step"]
         if not os.path.isfile(part):  # resume: one generator's output survives a kill
             graphdef, params = load()
-            gen = Generator(
+            gen = Generator.from_config(
                 graphdef,
                 params,
                 tok,
-                max_prompt_len=config.sft.max_prompt_len,
-                max_new_tokens=config.ppo.max_new_tokens,
+                config,
                 greedy=g.greedy,
                 temperature=g.temperature,
                 top_k=g.top_k,
@@ -80,12 +79,11 @@ def run(config, workdir: str) -> dict:
             from girl_jax.stages.generation import best_of_n, reward_scorer
 
             graphdef, params = generators["sft"]()
-            gen = Generator(
+            gen = Generator.from_config(
                 graphdef,
                 params,
                 tok,
-                max_prompt_len=config.sft.max_prompt_len,
-                max_new_tokens=config.ppo.max_new_tokens,
+                config,
                 greedy=False,
                 temperature=g.get("best_of_temperature", 0.7),
                 batch_size=g.batch_size,

@@ -41,6 +41,19 @@ class Generator:
         step_fn, init_cache_fn = sampling.decoder_fns(graphdef)
         self._sample = sampling.make_sampler(step_fn, init_cache_fn, self.cfg)
 
+    @classmethod
+    def from_config(cls, graphdef, params, tokenizer, config, **kwargs) -> Generator:
+        """A generator with the run's prompt and JD lengths (`sft.max_prompt_len`,
+        `ppo.max_new_tokens`); `kwargs` are the sampling settings and the batch size."""
+        return cls(
+            graphdef,
+            params,
+            tokenizer,
+            max_prompt_len=config.sft.max_prompt_len,
+            max_new_tokens=config.ppo.max_new_tokens,
+            **kwargs,
+        )
+
     def encode(self, cvs):
         from girl_jax.data import batches
 

@@ -81,9 +81,10 @@ def response_logits_and_values(graphs: Graphs, actor_params, head_params, ids, m
     The value head reads the policy's final hidden states, so the value loss also trains the
     policy trunk (TRL's `AutoModelForCausalLMWithValueHead`, lm-human-preferences).
     """
-    h_BxTxD, _ = nnx.merge(graphs.actor, actor_params).hidden(ids, mask)
+    actor = nnx.merge(graphs.actor, actor_params)
+    h_BxTxD, _ = actor.hidden(ids, mask)
     h_resp = h_BxTxD[:, prompt_len - 1 : -1]
-    logits = nnx.merge(graphs.actor, actor_params).logits(h_resp)
+    logits = actor.logits(h_resp)
     values = nnx.merge(graphs.critic, head_params)(h_resp).astype(jnp.float32)
     return logits, values
 
@@ -192,7 +193,8 @@ def score_rollout(
         keep_B = filters.groups_with_signal(score, cfg.group_size)
         resp_mask = resp_mask * keep_B[:, None]
     kl_coef = state.kl.kl_coef
-    kl_BxT = registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref) * resp_mask
+    kl_tok = registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref)
+    kl_BxT = kl_tok * resp_mask
     kl_rewards = kl_mod.kl_penalty_rewards(
         logp_old, logp_ref, resp_mask, kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator
     )
@@ -209,7 +211,7 @@ def score_rollout(
     if cfg.whiten_advantages:
         advantages = adv_mod.whiten(advantages, resp_mask)
     lengths = out.mask.astype(jnp.float32).sum(1)
-    kl_seq = (registry.get("kl", cfg.kl_estimator)(logp_old, logp_ref) * out.mask).sum(1)
+    kl_seq = (kl_tok * out.mask).sum(1)  # every sampled row, dropped groups included
     stats = dict(
         reward=raw_score.mean(),
         score=score.mean(),
