@@ -10,33 +10,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from girl_jax import atomic
 from girl_jax.errors import CheckpointError
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, then rename: never half-written."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-    try:
-        with os.fdopen(fd, "w") as f:
-            # Strict JSON: NaN / Inf become null so jq and JavaScript can read every file.
-            json.dump(
-                _finite(obj), f, indent=2, sort_keys=True, default=_json_default, allow_nan=False
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write strict JSON atomically (`girl_jax.atomic`): never half-written.
+
+    NaN / Inf become null so jq and JavaScript can read every file.
+    """
+    text = json.dumps(
+        _finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False
+    )
+    atomic.write_text(path, text)
 
 
 def _finite(obj):
@@ -101,12 +92,21 @@ class StageCheckpointer:
         self.manager.save(step, args=args, force=True)
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, abstract_state):
+    def restore(self, step: int, abstract_state, *, partial: bool = False):
+        """(state, extra) of `step`. partial: `abstract_state` may be a subtree of the saved
+        state (e.g. {"actor": {"params": ...}}): only that is read."""
         try:
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
+                    state=ocp.args.PyTreeRestore(
+                        abstract_state,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+                        partial_restore=True,
+                    )
+                    if partial
+                    else ocp.args.StandardRestore(abstract_state),
+                    extra=ocp.args.JsonRestore(),
                 ),
             )
         except Exception as exc:  # shape / structure mismatch, missing files
@@ -145,12 +145,20 @@ def is_final(stage_dir: str) -> bool:
     return os.path.isfile(os.path.join(stage_dir, "final.json"))
 
 
-def restore_final_state(stage_dir: str, stage: str, abstract_state, needed_by: str | None = None):
-    """Restore the final checkpoint of a finished stage (the hand-off to the next stage)."""
+def restore_final_state(
+    stage_dir: str,
+    stage: str,
+    abstract_state,
+    needed_by: str | None = None,
+    *,
+    partial: bool = False,
+):
+    """Restore the final checkpoint of a finished stage (the hand-off to the next stage);
+    partial: only the subtree `abstract_state` names (StageCheckpointer.restore)."""
     final = read_final(stage_dir, stage, needed_by)
     ckpt = StageCheckpointer(stage_dir, keep=10**6)
     try:
-        state, extra = ckpt.restore(final["step"], abstract_state)
+        state, extra = ckpt.restore(final["step"], abstract_state, partial=partial)
     finally:
         ckpt.close()
     return state, extra, final

@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: config.seed)")
     sw.add_argument("--name", default=None, help="sweep name (default: derived from the grid)")
+    sw.add_argument(
+        "--vmap",
+        action="store_true",
+        help="run cells that differ only in continuous settings (learning rates, KL "
+        "coefficient, clip ranges, seeds) side by side as one jax.vmap-ped program",
+    )
     r = sub.add_parser("report", help="re-render report.md and plots from a workdir")
     r.add_argument("workdir")
     return p
@@ -154,7 +160,7 @@ def _dispatch(args, overrides) -> int:
     if cmd == "sweep":
         from girl_jax import sweep
 
-        sweep.run(config, args.workdir, args.grid, args.seeds, args.name)
+        sweep.run(config, args.workdir, args.grid, args.seeds, args.name, vmap=args.vmap)
         return 0
     from girl_jax import pipeline
 

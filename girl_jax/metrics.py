@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from girl_jax import atomic
+
 
 def auc(labels, scores) -> float:
     labels = np.asarray(labels)
@@ -99,10 +101,7 @@ class MetricWriter:
                     continue  # a line cut by a kill
                 if step is not None and rec.get("step", 0) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(keep))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -25,11 +25,11 @@ KL. The start row (step 0) is the SFT policy itself: d = 0. `plot` draws one or 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
+from girl_jax import atomic
 
 KINDS = ("rl", "bon")
 
@@ -293,18 +293,8 @@ def summary_table(s: Mapping) -> str:
 
 def savefig_atomic(fig, path: str, dpi: int = 100) -> str:
     """fig.savefig to a temp file in the same directory, then rename: never a half-written PNG."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic.atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
     return path
 
 

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from girl_jax import atomic
 from girl_jax.metrics import read_metrics
 
 
@@ -334,7 +335,5 @@ def render(workdir: str) -> str:
         if png:
             out += [f"![{os.path.basename(png)}]({os.path.relpath(png, workdir)})", ""]
     path = os.path.join(workdir, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(out))
-    os.replace(path + ".tmp", path)
+    atomic.write_text(path, "\n".join(out))
     return path

@@ -39,12 +39,14 @@ LONG_FIRST = (
     "tests/stages/test_stages_sharded.py",  # 260 s
     "tests/reliability/test_rel_kill_resume.py",  # makes the tiny run (120-160 s), then 90 s
     "tests/stages/test_stages_ppo.py",  # 195 s
+    "tests/test_scale_configs.py",  # two :smoke girl runs, 130-180 s cold
     "tests/stages/test_ppo_rewards.py",  # 140 s
     "tests/test_observability.py",  # 140 s
     "tests/stages/test_stages_reward.py",  # 140 s
     "tests/test_notebook.py",  # 120 s
     "tests/reliability/test_rel_numerics.py",  # 50 s
-    "tests/test_sweep.py",  # 105 s
+    "tests/test_sweep.py",  # 105 s, + the --vmap sweep of the same cells
+    "tests/test_sweep_vmap.py",
     "tests/test_benchmarks_smoke.py",  # 55 s
     "tests/reliability/test_rel_reward_sources.py",
     "tests/parallel/test_parallel_multihost.py",  # 40 s

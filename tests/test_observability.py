@@ -14,6 +14,7 @@ import sys
 import types
 
 import ml_collections
+import numpy as np
 import pytest
 
 from girl_jax.errors import ConfigError
@@ -293,10 +294,33 @@ def test_oracle_generator_script_adds_an_upper_bound_row(run_dir, tmp_path):
     config = os.path.join(ROOT, "configs", "default.py") + ":smoke"
     assert mod.main(["--workdir", copy, "--config", config]) == 0
     summary = json.load(open(os.path.join(copy, "oracle_generator", "summary.json")))
+    own = json.load(open(os.path.join(copy, "recommend", "eval.json")))
+    from sklearn.metrics import roc_auc_score
+
+    from girl_jax.configuration import load_config
+    from girl_jax.data import prepare
+    from girl_jax.stages import generate, recommend
+
+    cfg = load_config(config).recommend
+    _, _, splits = recommend.interaction_index(prepare.load(copy).interactions, generate.load(copy))
     for split in ("test", "cold_start"):
         rows = summary[split]
         assert {"Base", "GIRL-SFT", "GIRL", "oracle-best JD"} <= set(rows)
-        for cell in rows["oracle-best JD"].values():
+        for feature in ("Base", "GIRL-SFT", "GIRL"):  # the run's own rows, unchanged
+            assert rows[feature] == own[split][feature]
+        oracle = rows["oracle-best JD"]
+        assert set(oracle) == set(cfg.predictors)
+        assert oracle != rows["GIRL"]  # other JD embeddings in the GIRL slot: other heads
+        labels = np.asarray(splits[split]["label"])
+        for pred, cell in oracle.items():
+            # the reported AUC is the mean over seeds of the saved predictions' AUC
+            aucs = []
+            for seed in cfg.seeds:
+                run = os.path.join(copy, "oracle_generator", f"GIRL_{pred}_s{seed}")
+                logits = np.load(os.path.join(run, f"{split}_logits.npy"))
+                assert logits.shape == labels.shape
+                aucs.append(roc_auc_score(labels, logits))
+            assert cell["auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
             assert 0.0 <= cell["auc"] <= 1.0 and math.isfinite(cell["logloss"])
 
 

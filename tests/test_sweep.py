@@ -16,6 +16,7 @@ from helpers import CONFIG, assert_one_line_error, run_cli  # noqa: E402
 
 from girl_jax import sweep  # noqa: E402
 from girl_jax.errors import ConfigError  # noqa: E402
+from girl_jax.metrics import read_metrics  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -266,3 +267,26 @@ def test_sweep_end_to_end(tmp_path, monkeypatch):
     assert res.code == 0 and res.error is None, (res.error, res.stderr[-3000:])
     assert calls == [] and res.stderr.count("done, skipped") == 8
     assert json.load(open(os.path.join(sweep_dir, "table.json")))["rows"] == table["rows"]
+    monkeypatch.undo()
+
+    # --vmap: the same 8 cells as 2 programs (eval_every is static: 2 groups of kl_coef x seed),
+    # and every vmapped cell follows the trajectory of the same cell run alone
+    argv_v = [*argv[:-1], "e2ev", "--vmap"]
+    res = run_cli(argv_v)
+    assert res.code == 0 and res.error is None, (res.error, res.stderr[-3000:])
+    assert res.stderr.count("cells, vmapped): start") == 2
+    assert "start (sweep elapsed" not in res.stderr  # no cell ran alone
+    vtable = json.load(open(os.path.join(w, "sweeps", "e2ev", "table.json")))
+    assert [r["n_seeds"] for r in vtable["rows"]] == [2, 2, 2, 2]
+    for solo_cell, v_cell in zip(table["cells"], vtable["cells"]):
+        assert solo_cell["id"] == v_cell["id"]
+        rows = [read_metrics(os.path.join(w, c["dir"], "ppo")) for c in (solo_cell, v_cell)]
+        assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
+        for a, b in zip(*rows):
+            for key in ("kl", "reward", "eval_true_match_rate", "eval_proxy_reward"):
+                if key in a:
+                    assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), (v_cell, key)
+        ev = json.load(open(os.path.join(w, v_cell["dir"], "ppo", "eval.json")))
+        assert ev["vmap_group_size"] == 4
+    res = run_cli(argv_v)  # rerun: both groups skipped
+    assert res.code == 0 and res.stderr.count("done, skipped") == 2

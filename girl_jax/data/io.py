@@ -12,14 +12,13 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from girl_jax import atomic
 from girl_jax.data.schema import ALLOWED_FIELDS, OPTIONAL_FIELDS, fail, validate_record
 from girl_jax.errors import ConfigError, DataError
 
@@ -319,25 +318,15 @@ def write_parquet_atomic(data, path) -> Path:
     """Writes a Dataset / pyarrow Table / pandas DataFrame / dict of columns to Parquet, atomically.
 
     The table goes to a temporary file in the target directory, is fsynced, then renamed over
-    `path` with `os.replace` (atomic on POSIX), so a reader sees the old file or the new one.
+    `path` (`girl_jax.atomic`), so a reader sees the old file or the new one.
     """
     import pyarrow.parquet as pq
 
     table = _to_arrow(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic.atomic_open(path, "wb") as f:
+        pq.write_table(table, f)
     return path
 
 

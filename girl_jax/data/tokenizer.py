@@ -18,13 +18,12 @@ batching code places bos / eos itself.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from girl_jax import atomic
 from girl_jax.errors import DataError
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -34,21 +33,6 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, CV_MARKER, JD_MARKER)  # index = fixed id 
 _EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "[SEP]", "<|end_of_text|>", "<|im_end|>")
 _BOS_NAMES = (BOS, "<s>", "<|begin_of_text|>", "[CLS]")
 _PAD_NAMES = (PAD, "[PAD]", "<|pad|>")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _config_token(config: dict, key: str) -> str | None:
@@ -139,14 +123,14 @@ class Tokenizer:
         directory = Path(path_dir)
         directory.mkdir(parents=True, exist_ok=True)
         file = directory / "tokenizer.json"
-        _atomic_write_text(file, self._tk.to_str(pretty=False))
+        atomic.write_text(file, self._tk.to_str(pretty=False))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": self._tk.id_to_token(self.bos_id),
             "eos_token": self._tk.id_to_token(self.eos_id),
             "pad_token": self._tk.id_to_token(self.pad_id),
         }
-        _atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=1))
+        atomic.write_text(directory / "tokenizer_config.json", json.dumps(config, indent=1))
         return file
 
     @property

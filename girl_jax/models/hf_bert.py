@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from girl_jax import atomic
 from girl_jax.errors import ConfigError, ModelError
 from girl_jax.models.bert import BertConfig, BertEncoder
 
@@ -349,31 +349,13 @@ def bert_tensors(model: BertEncoder) -> dict[str, np.ndarray]:
     return out
 
 
-def _atomic_write(target: str, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(target: str, obj: Any) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    _atomic_write(target, write)
+    atomic.write_json(target, obj, indent=2)
 
 
 def _save_tokenizer(tokenizer: Any, path: str) -> None:
     if hasattr(tokenizer, "to_str"):  # a `tokenizers.Tokenizer`
-        _atomic_write(os.path.join(path, "tokenizer.json"), tokenizer.save)
+        atomic.write_with(os.path.join(path, "tokenizer.json"), tokenizer.save)
     elif isinstance(tokenizer, (str, os.PathLike)) and os.path.isfile(tokenizer):
         shutil.copyfile(tokenizer, os.path.join(path, "tokenizer.json"))
     elif isinstance(tokenizer, (str, os.PathLike)) and os.path.isdir(tokenizer):
@@ -401,7 +383,7 @@ def save_bert(model: BertEncoder, path: str, tokenizer: Any = None) -> str:
     cfg = model.cfg
     os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
     tensors = bert_tensors(model)
-    _atomic_write(
+    atomic.write_with(
         os.path.join(path, "model.safetensors"),
         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
     )

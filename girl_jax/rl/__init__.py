@@ -70,7 +70,18 @@ controllers (`kl.FixedKLController`, `kl.AdaptiveKLController`) are frozen
 dataclasses with pure ``init() -> state`` / ``update(state, kl, n_steps) -> state``.
 """
 
-from girl_jax.rl import registry  # noqa: I001  (registry first: the modules below register)
-from girl_jax.rl import advantages, filters, kl, losses, shaping
+import importlib
 
-__all__ = ["advantages", "filters", "kl", "losses", "registry", "shaping"]
+# Submodules load on first use (PEP 562), so `import girl_jax.rl.registry` stays a leaf that
+# pulls in no estimator; `girl_jax.rl.advantages` and `from girl_jax.rl import kl` work as before.
+__all__ = ["advantages", "ensemble", "filters", "kl", "losses", "masked", "registry", "shaping"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

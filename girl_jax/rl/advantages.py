@@ -14,7 +14,7 @@ from jax import lax
 
 from girl_jax.errors import ConfigError
 from girl_jax.rl import registry
-from girl_jax.rl.losses import masked_mean, masked_sum
+from girl_jax.rl.masked import masked_mean, masked_sum
 
 Array = jax.Array
 

@@ -19,19 +19,9 @@ import jax.numpy as jnp
 
 from girl_jax.errors import ConfigError
 from girl_jax.rl import registry
+from girl_jax.rl.masked import masked_mean, masked_sum  # noqa: F401  (public here too)
 
 Array = jax.Array
-
-
-def masked_sum(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None) -> Array:
-    """Sum of `x` over positions where `mask` is nonzero."""
-    return jnp.sum(jnp.where(mask.astype(bool), x, 0), axis=axis)
-
-
-def masked_mean(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None) -> Array:
-    """Mean of `x` over positions where `mask` is nonzero; 0 where there are none."""
-    count = jnp.sum(mask.astype(bool), axis=axis).astype(jnp.result_type(x, jnp.float32))
-    return masked_sum(x, mask, axis) / jnp.maximum(count, 1)
 
 
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")

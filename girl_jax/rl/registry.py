@@ -8,12 +8,17 @@ Kinds and the call convention each kind's functions follow (see `girl_jax.rl`):
 - ``"kl"``:          ``fn(logp, logp_ref) -> kl_BxT`` (per-token estimator)
 """
 
+import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from girl_jax.errors import ConfigError
 
 KINDS = ("advantage", "policy_loss", "value_loss", "kl")
+
+# Modules whose import registers the built-in variants (loaded by name on first lookup).
+BUILTIN_MODULES = ("girl_jax.rl.advantages", "girl_jax.rl.kl", "girl_jax.rl.losses")
 
 _TABLES: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 
@@ -70,5 +75,9 @@ def hparam(config: Any, key: str, default: Any = _REQUIRED) -> Any:
 
 
 def _load_builtins() -> None:
-    # Importing the modules runs their @register decorators; cheap after the first time.
-    from girl_jax.rl import advantages, kl, losses  # noqa: F401
+    # The registry is a leaf: the RL modules import it and register into it, it imports none of
+    # them. Loading them by name here runs their @register decorators the first time a table is
+    # read (a no-op after that), so `get` works whichever RL module the caller imported.
+    for module in BUILTIN_MODULES:
+        if module not in sys.modules:
+            importlib.import_module(module)

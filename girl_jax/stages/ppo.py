@@ -23,12 +23,14 @@ from girl_jax import preemption, wandb_writer
 from girl_jax.errors import ConfigError
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import registry
-from girl_jax.stages import common, ppo_rewards
+from girl_jax.stages import common, ppo_eval, ppo_rewards
 from girl_jax.stages.ppo_step import (
     Frozen,
     Graphs,
     PPOState,
+    init_hyper,
     sample_step,
+    scaled_optimizer,
     sequence_scores,
     train_step,
     update_step,
@@ -184,11 +186,15 @@ def build(config, workdir: str, data, mesh, rules):
     tok = data.tokenizer
     mcfg = common.decoder_config(config, tok.vocab_size)
     updates = cfg.iterations * cfg.epochs * cfg.minibatches
-    actor_tx = common.make_optimizer(
-        cfg.learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    # Built with learning rate 1 and scaled by a rate held in the optimizer state: the rates
+    # are traced arrays (ppo_step.scaled_optimizer), not constants of the compiled step.
+    actor_tx = scaled_optimizer(
+        common.make_optimizer(1.0, updates, grad_clip=cfg.grad_clip, cosine=False),
+        cfg.learning_rate,
     )
-    critic_tx = common.make_optimizer(
-        cfg.critic_learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
+    critic_tx = scaled_optimizer(
+        common.make_optimizer(1.0, updates, grad_clip=cfg.grad_clip, cosine=False),
+        cfg.critic_learning_rate,
     )
     sft_graph, sft_params = sft.load_final_params(workdir, config, tok.vocab_size)
     rm_graph, rm_params = reward.load_final_params(workdir, config, tok.vocab_size)
@@ -215,12 +221,22 @@ def build(config, workdir: str, data, mesh, rules):
         cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
     )
     kl_state = controller.init()
-    state = PPOState(actor=actor, critic=critic, kl=kl_state, iteration=jnp.zeros((), jnp.int32))
+    state = PPOState(
+        actor=actor,
+        critic=critic,
+        kl=kl_state,
+        iteration=jnp.zeros((), jnp.int32),
+        hyper=init_hyper(cfg),
+    )
     from girl_jax.parallel.rules import replicated
 
     rep = replicated(mesh)
     shardings = PPOState(
-        actor=actor_sh, critic=critic_sh, kl=jax.tree.map(lambda _: rep, kl_state), iteration=rep
+        actor=actor_sh,
+        critic=critic_sh,
+        kl=jax.tree.map(lambda _: rep, kl_state),
+        iteration=rep,
+        hyper=jax.tree.map(lambda _: rep, state.hyper),
     )
     state = jax.device_put(state, shardings)
     graphs = Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
@@ -244,7 +260,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     from girl_jax.parallel import mesh as mesh_mod
     from girl_jax.parallel import rules as rules_mod
     from girl_jax.parallel import state as state_mod
-    from girl_jax.stages.generation import Generator, score_texts
 
     out_dir = common.stage_dir(workdir, "ppo")
     if ckpt_mod.is_final(out_dir):
@@ -290,31 +305,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     per_iter = cfg.batch_size // cfg.group_size
     it = pipeline.make_iterator(prompts, batch_size=per_iter, seed=config.seed + 2)
 
-    eval_seekers = data.seekers("validation").iloc[: cfg.num_eval_prompts]
-    gen = Generator(
-        graphs.actor,
-        None,
-        tok,
-        max_prompt_len=P,
-        max_new_tokens=cfg.max_new_tokens,
-        greedy=True,
-        batch_size=max(1, min(64, len(eval_seekers))),
-    )
-
-    def evaluate(params):
-        """Greedy JDs for fixed validation CVs: RM (proxy) score, oracle true match, parse rate."""
-        gen.params = params
-        texts = gen.generate(list(eval_seekers["cv"]), common.fold_rng(config.seed, "ppo-eval", 0))
-        enc = batches.encode_reward(
-            tok, list(eval_seekers["cv"]), texts, [0] * len(texts), max_len=P + cfg.max_new_tokens
-        )
-        from girl_jax.stages.reward import score_dataset
-
-        s = score_dataset(score_fn, frozen.reward, enc, 64)
-        out = {"eval_proxy_reward": float(np.mean(s))}
-        res = score_texts(data.market, eval_seekers["seeker_id"].to_numpy(), texts)
-        out.update({f"eval_{k}": v for k, v in res.items()})
-        return out, texts
+    evaluate = ppo_eval.make_evaluator(config, cfg, data, graphs, frozen, score_fn)
 
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
     start = ckpt.latest_step() or 0
@@ -382,22 +373,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     bar.close()
     if start >= cfg.iterations:  # killed after the last checkpoint, before final.json
         last_eval, _ = evaluate(state.actor.params)  # greedy: the same numbers as before
-    history = metrics_mod.read_metrics(out_dir)
-    rollouts = [h for h in history if "proxy_reward" in h]
-    result = dict(
-        proxy_reward_start=start_eval.get("eval_proxy_reward"),
-        proxy_reward_end=last_eval.get("eval_proxy_reward"),
-        true_match_rate_start=start_eval.get("eval_true_match_rate"),
-        true_match_rate_end=last_eval.get("eval_true_match_rate"),
-        parse_rate_start=start_eval.get("eval_parse_rate"),
-        parse_rate_end=last_eval.get("eval_parse_rate"),
-        kl_end=rollouts[-1]["kl"] if rollouts else None,
-        kl_coef_end=rollouts[-1]["kl_coef"] if rollouts else None,
-        iterations=cfg.iterations,
-        advantage=cfg.advantage,
-        reward=cfg.reward,
-        gold_reward=ppo_rewards.is_gold(cfg.reward_terms),
-    )
+    result = ppo_eval.result(cfg, out_dir, start_eval, last_eval)
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
         from girl_jax import report
@@ -410,12 +386,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
 
 def load_final_actor(workdir: str, config, data, mesh, rules):
-    """(graphdef, params) of the final PPO actor."""
+    """(graphdef, params) of the final PPO actor: only the actor's parameters are read, so
+    checkpoints of other PPO state layouts (critic kinds, optimizers, earlier versions) load."""
     from girl_jax import checkpoint as ckpt_mod
 
-    cfg, graphs, state, _, _, _ = build(config, workdir, data, mesh, rules)
+    _, graphs, state, _, _, _ = build(config, workdir, data, mesh, rules)
+    abstract = {"actor": {"params": ckpt_mod.abstract_like(state.actor.params)}}
     restored, _, _ = ckpt_mod.restore_final_state(
-        os.path.join(workdir, "ppo"), "ppo", ckpt_mod.abstract_like(state)
+        os.path.join(workdir, "ppo"), "ppo", abstract, partial=True
     )
-    del cfg
-    return graphs.actor, restored.actor.params
+    return graphs.actor, restored["actor"]["params"]

@@ -37,6 +37,44 @@ class PPOState:
     critic: Any  # parallel.state.TrainState
     kl: kl_mod.KLControllerState
     iteration: jax.Array
+    # The continuous hyperparameters the losses and estimators read (HYPER_KEYS), as float32
+    # scalars: traced, not compiled in, so runs that differ only in them share one program and
+    # `girl sweep --vmap` stacks them on a cell axis. Learning rates live in the optimizer
+    # states (`scaled_optimizer`), the KL coefficient in `kl`.
+    hyper: dict = flax.struct.field(default_factory=dict)
+
+
+# config.ppo keys that enter the step as traced arrays (PPOState.hyper).
+HYPER_KEYS = (
+    "clip_eps",
+    "clip_eps_high",
+    "value_clip_eps",
+    "dual_clip_c",
+    "vf_coef",
+    "ent_coef",
+    "gamma",
+    "lam",
+)
+# Every continuous key that is traced, wherever it lives: cells differing only in these (and
+# the seed) run one compiled program.
+TRACED_KEYS = (*HYPER_KEYS, "learning_rate", "critic_learning_rate", "kl_coef")
+
+
+def init_hyper(cfg: PPOConfig) -> dict:
+    return {k: jnp.asarray(getattr(cfg, k), jnp.float32) for k in HYPER_KEYS}
+
+
+def hparams(cfg: PPOConfig, hyper: dict) -> dict:
+    """What the registered RL functions read (`registry.hparam`): the static config's fields with
+    the traced values of `hyper` in place of their constants."""
+    return {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **hyper}
+
+
+def scaled_optimizer(tx: optax.GradientTransformation, learning_rate: float):
+    """`tx` built with learning rate 1, then scaled by a learning rate held in the optimizer
+    state (optax.inject_hyperparams): the same updates as `tx` built with `learning_rate`
+    (AdamW's step, weight decay included, is linear in it), but the rate is a traced array."""
+    return optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=learning_rate))
 
 
 @flax.struct.dataclass
@@ -206,7 +244,7 @@ def score_rollout(
         scores=None
         if cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES
         else score - (kl_BxT.sum(1) * kl_coef if cfg.kl_in_reward else 0.0),
-        config=cfg,
+        config=hparams(cfg, state.hyper),
     )
     if cfg.whiten_advantages:
         advantages = adv_mod.whiten(advantages, resp_mask)
@@ -253,7 +291,10 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
     return data, stats, out
 
 
-def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: PPOConfig, P: int):
+def ppo_loss(
+    actor_params, critic_params, mb, kl_coef, hyper, *, graphs: Graphs, cfg: PPOConfig, P: int
+):
+    hp = hparams(cfg, hyper)
     shared = cfg.needs_critic and cfg.critic == "value_head"
     if shared:
         logits, v = response_logits_and_values(
@@ -265,18 +306,18 @@ def ppo_loss(actor_params, critic_params, mb, kl_coef, *, graphs: Graphs, cfg: P
     logp = common.token_logprobs(logits, mb["resp"])
     m = mb["resp_mask"]
     pg_loss, pm = registry.get("policy_loss", cfg.policy_loss)(
-        logp, mb["logp_old"], mb["advantages"], m, config=cfg
+        logp, mb["logp_old"], mb["advantages"], m, config=hp
     )
     entropy = loss_mod.entropy_from_logits(logits, m)
-    total = pg_loss - cfg.ent_coef * entropy
+    total = pg_loss - hp["ent_coef"] * entropy
     metrics = dict(policy_loss=pg_loss, entropy=entropy, **pm)
     if cfg.needs_critic:
         if not shared:
             v = response_values(graphs.critic, critic_params, mb["ids"], mb["mask"], P)
         vf_loss, vm = registry.get("value_loss", cfg.value_loss)(
-            v, mb["values_old"], mb["returns"], m, config=cfg
+            v, mb["values_old"], mb["returns"], m, config=hp
         )
-        total = total + cfg.vf_coef * vf_loss
+        total = total + hp["vf_coef"] * vf_loss
         metrics.update(value_loss=vf_loss, **{f"value_{k}": x for k, x in vm.items()})
     if not cfg.kl_in_reward:
         kl_term = loss_mod.masked_mean(
@@ -301,7 +342,7 @@ def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, ac
         actor, critic = carry
         mb = jax.tree.map(lambda x: x[idx], data)
         (_, metrics), (g_actor, g_critic) = grad_fn(
-            actor.params, critic.params, mb, state.kl.kl_coef
+            actor.params, critic.params, mb, state.kl.kl_coef, state.hyper
         )
         ok = common.all_finite(metrics, g_actor, g_critic)
         if cfg.ratio_threshold:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from girl_jax import atomic
 from girl_jax import checkpoint as ckpt_mod
 from girl_jax.errors import ConfigError
 from girl_jax.stages import common, recommend_fit
@@ -271,9 +272,8 @@ def embed_all(cfg: RecommendConfig, tables_np, splits, out_dir, mesh, rules, see
     )
     embs = dict(zip(TEXT_TABLES, np.split(flat, np.cumsum(sizes)[:-1])))
     if jax.process_index() == 0:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **embs)
-        os.replace(tmp, path)
+        with atomic.atomic_open(path, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, **embs)
         ckpt_mod.write_json_atomic(os.path.join(run_dir, "eval.json"), result)
     return {f"{n}_emb": e for n, e in embs.items()}
 

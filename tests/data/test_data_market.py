@@ -6,8 +6,10 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import roc_auc_score
 
 import girl_jax.data.market as market
+from girl_jax import metrics
 from girl_jax.data import market_taxonomy as tax
 from girl_jax.errors import ConfigError, DataError
 
@@ -19,25 +21,21 @@ def m():
     return market.generate(**SMALL)
 
 
-def _auc(scores, labels):
-    """Mann-Whitney AUC (ties counted half), written out so the test owns its metric."""
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores[np.diff(np.sort(scores), prepend=np.nan) == 0]):
-        ranks[scores == value] = ranks[scores == value].mean()
-    pos = labels == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def test_auc_helper_matches_definition():
+    # girl_jax.metrics.auc (every AUC the pipeline reports) against sklearn and the
+    # Mann-Whitney definition (ties count half), on tied scores; argument order matters.
     rng = np.random.default_rng(0)
-    s, y = rng.random(200).round(1), rng.integers(0, 2, 200)
-    pairs = (s[y == 1][:, None] > s[y == 0][None, :]) + 0.5 * (
-        s[y == 1][:, None] == s[y == 0][None, :]
-    )
-    assert _auc(s, y) == pytest.approx(pairs.mean())
+    for trial in range(5):
+        s, y = rng.random(200).round(1), rng.integers(0, 2, 200)
+        s = s + 0.3 * y * (trial % 2)  # separable to a varying degree
+        pairs = (s[y == 1][:, None] > s[y == 0][None, :]) + 0.5 * (
+            s[y == 1][:, None] == s[y == 0][None, :]
+        )
+        ours = metrics.auc(y, s)
+        assert ours == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert ours == pytest.approx(pairs.mean(), abs=1e-12)
+        assert metrics.auc(y, -s) == pytest.approx(1 - ours, abs=1e-12)
+    assert np.isnan(metrics.auc(np.ones(5), np.arange(5.0)))  # one class: undefined
 
 
 def test_contract_columns_types_and_sizes(m):
@@ -88,7 +86,7 @@ def test_oracle_ranks_accepted_above_rejected(m):
     p = m.pairs
     prob = m.oracle_prob(p["seeker_id"], p["job_id"])
     assert np.all((prob >= 0) & (prob <= 1))
-    assert _auc(prob, p["label"]) > 0.75
+    assert roc_auc_score(p["label"], prob) > 0.75
 
 
 def test_true_match_of_real_jd_text_equals_oracle(m):

@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -14,6 +15,7 @@ from girl_jax.errors import ConfigError
 from girl_jax.models.bert import BertConfig, BertEncoder
 from girl_jax.models.predictors import DotPredictor, MLPPredictor
 from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import state as state_mod
 from girl_jax.stages import recommend, recommend_fit
 
 
@@ -74,23 +76,42 @@ def test_head_on_frozen_embeddings_learns_the_interaction(predictor, tmp_path):
     assert rows and all("val_auc" in r for r in rows)
 
 
+def _params(model):
+    return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
 def test_epochs_zero_keeps_the_initial_model(tmp_path):
     tables, splits = _market(n=256)
-    spec = recommend_fit.FitSpec(0, 64, 1e-3, 0.0, 1, seed=0)
     forward = functools.partial(recommend_fit.embedding_forward, order=("cv", "jd"))
-    result, model = recommend_fit.fit(
-        lambda r: MLPPredictor(8, 2, (8,), rngs=r),
-        forward,
-        spec,
-        tables,
-        splits,
-        str(tmp_path),
-        _mesh(),
-        None,
-        name="test",
-    )
+
+    def model_fn(r):
+        return MLPPredictor(8, 2, (8,), rngs=r)
+
+    def fit(epochs, run_dir):
+        spec = recommend_fit.FitSpec(epochs, 64, 1e-2, 0.0, 1, seed=0)
+        return recommend_fit.fit(
+            model_fn, forward, spec, tables, splits, str(run_dir), _mesh(), None, name="test"
+        )
+
+    result, model = fit(0, tmp_path / "zero")
     assert result["steps"] == 0 and result["epochs_run"] == 0
     assert np.isfinite(result["test"]["auc"])
+    # the model fit returns is the one initialised from the spec's seed, parameter for parameter
+    graphdef, initial, _ = state_mod.create_train_state(model_fn, optax.sgd(0.0), _mesh(), seed=0)
+    expected = _params(nnx.merge(graphdef, initial.params, initial.rest))
+    got = _params(model)
+    assert got.keys() == expected.keys() and got
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+    # and the saved test logits are the initial model's scores
+    logits = np.load(tmp_path / "zero" / "test_logits.npy")
+    test = splits["test"]
+    direct = np.asarray(forward(model, tables, {k: np.asarray(v) for k, v in test.items()}))
+    np.testing.assert_allclose(logits, direct.reshape(logits.shape), rtol=1e-5, atol=1e-5)
+    # one epoch moves the parameters: the comparison above could fail
+    _, trained = fit(1, tmp_path / "one")
+    moved = _params(trained)
+    assert any(not np.array_equal(moved[k], expected[k]) for k in expected)
 
 
 def test_embed_texts_matches_one_full_batch():

@@ -1,0 +1,66 @@
+"""PPO's evaluation, shared by the stage driver (`stages/ppo.py`) and `girl sweep --vmap`.
+
+`make_evaluator` returns `evaluate(params) -> (metrics, texts)`: greedy JDs for the first
+`ppo.num_eval_prompts` validation CVs, their reward-model (proxy) score, and, on the embedded
+market, the oracle's true match and the parse rate. `result` is the stage's eval.json.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from girl_jax.data import batches
+from girl_jax.metrics import read_metrics
+from girl_jax.stages import common, ppo_rewards
+from girl_jax.stages.generation import Generator, score_texts
+from girl_jax.stages.reward import score_dataset
+
+
+def make_evaluator(config, cfg, data, graphs, frozen, score_fn):
+    """evaluate(actor params) -> ({eval_proxy_reward, eval_true_match_rate, ...}, texts)."""
+    tok = data.tokenizer
+    P = config.sft.max_prompt_len
+    eval_seekers = data.seekers("validation").iloc[: cfg.num_eval_prompts]
+    cvs = list(eval_seekers["cv"])
+    gen = Generator(
+        graphs.actor,
+        None,
+        tok,
+        max_prompt_len=P,
+        max_new_tokens=cfg.max_new_tokens,
+        greedy=True,
+        batch_size=max(1, min(64, len(eval_seekers))),
+    )
+
+    def evaluate(params):
+        gen.params = params
+        texts = gen.generate(cvs, common.fold_rng(config.seed, "ppo-eval", 0))
+        enc = batches.encode_reward(
+            tok, cvs, texts, [0] * len(texts), max_len=P + cfg.max_new_tokens
+        )
+        s = score_dataset(score_fn, frozen.reward, enc, 64)
+        out = {"eval_proxy_reward": float(np.mean(s))}
+        res = score_texts(data.market, eval_seekers["seeker_id"].to_numpy(), texts)
+        out.update({f"eval_{k}": v for k, v in res.items()})
+        return out, texts
+
+    return evaluate
+
+
+def result(cfg, out_dir: str, start_eval: dict, last_eval: dict) -> dict:
+    """The stage's eval.json: start / end of the greedy evaluation, the last KL, the settings."""
+    rollouts = [h for h in read_metrics(out_dir) if "proxy_reward" in h]
+    return dict(
+        proxy_reward_start=start_eval.get("eval_proxy_reward"),
+        proxy_reward_end=last_eval.get("eval_proxy_reward"),
+        true_match_rate_start=start_eval.get("eval_true_match_rate"),
+        true_match_rate_end=last_eval.get("eval_true_match_rate"),
+        parse_rate_start=start_eval.get("eval_parse_rate"),
+        parse_rate_end=last_eval.get("eval_parse_rate"),
+        kl_end=rollouts[-1]["kl"] if rollouts else None,
+        kl_coef_end=rollouts[-1]["kl_coef"] if rollouts else None,
+        iterations=cfg.iterations,
+        advantage=cfg.advantage,
+        reward=cfg.reward,
+        gold_reward=ppo_rewards.is_gold(cfg.reward_terms),
+    )
