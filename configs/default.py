@@ -205,6 +205,11 @@ def get_config(arg=None):
         batch_size=128,
         best_of=0,  # > 0: also a best-of-n row (n SFT samples, the reward model's favourite)
         best_of_temperature=0.7,
+        # Repetition guard of the generate stage and `girl generate` (as Hugging Face generate):
+        # > 1 divides / multiplies the logits of tokens already generated (1.0: off); n > 0 bans
+        # any token that would complete an n-gram already generated (0: off).
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
     )
     c.recommend = dict(
         encoder=dict(

@@ -4,7 +4,7 @@
     girl data     make  --config ... --workdir DIR      write the market / user data + tokenizer
     girl data     check PATH                            validate a user file, print a summary
     girl sft | reward | ppo | recommend --config ... --workdir DIR
-    girl generate --workdir DIR --cv FILE|-             JDs for a CV and the closest real jobs
+    girl generate --workdir DIR --cv FILE|- [--json]    JDs for a CV and the closest real jobs
     girl plan     --config ... --topology v5e:16x16     per-chip memory of the real steps (AOT)
     girl sweep    --config ... --workdir DIR --grid ppo.kl_coef=0.05,0.2 [--grid ...]
                   [--seeds 0,1,2] [--name NAME]       PPO grid x seeds from DIR's SFT + RM;
@@ -65,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         help="first JD = the reward model's favourite of N samples (default: greedy)",
     )
     g.add_argument("--seeker-id", type=int, default=None, help="market seeker id (oracle score)")
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="CTRL-style penalty on tokens already generated, > 1 discourages repeats "
+        "(default: the config's generate.repetition_penalty, 1.0 = off)",
+    )
+    g.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=None,
+        help="never repeat an n-gram of this many tokens in a JD "
+        "(default: the config's generate.no_repeat_ngram_size, 0 = off)",
+    )
+    g.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: the JDs, their parsed fields and the closest real jobs",
+    )
     pl = with_config(sub.add_parser("plan", help="ahead-of-time memory plan"), workdir=False)
     pl.add_argument("--topology", required=True, help="e.g. v5e:16x16, v5p:4x4x4, cpu:8")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")

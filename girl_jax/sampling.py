@@ -18,6 +18,11 @@ functions for `girl_jax.models.decoder.Decoder` (and does exactly that).
 Prompts must be LEFT-padded: the last column is every row's last prompt token. Slot
 layout: ``[0, P)`` prompt, ``[P, P + N)`` generated tokens; positions are
 ``cumsum(mask) - 1`` so left padding does not shift them.
+
+A repetition guard, as Hugging Face ``generate`` has, is off by default
+(`SamplingConfig.repetition_penalty` 1.0, `no_repeat_ngram_size` 0; then the traced program
+is the one without it). Unlike Hugging Face's, it looks at the generated tokens only, never
+at the prompt: a JD should repeat the CV's skills, not avoid them. See `guard_logits`.
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ class SamplingConfig:
     greedy: bool = False
     early_stop: bool = True
     cache_chunks: int | None = None  # None: min(4, max_new_tokens // 32), at least 1
+    repetition_penalty: float = 1.0  # > 1: CTRL-style penalty on already generated tokens
+    no_repeat_ngram_size: int = 0  # > 0: never complete an n-gram already generated
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the repetition guard changes any logits (`guard_logits`)."""
+        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0
 
     def __post_init__(self):
         def bad(field, want):
@@ -78,6 +90,14 @@ class SamplingConfig:
             not _is_int(self.cache_chunks) or self.cache_chunks < 1
         ):
             bad("cache_chunks", "None or an int >= 1")
+        if not (
+            isinstance(self.repetition_penalty, (int, float))
+            and not isinstance(self.repetition_penalty, bool)
+            and self.repetition_penalty > 0
+        ):
+            bad("repetition_penalty", "a number > 0 (1.0 disables)")
+        if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
+            bad("no_repeat_ngram_size", "an int >= 0 (0 disables)")
 
 
 def _is_int(x) -> bool:
@@ -88,9 +108,9 @@ class SampleOutput(NamedTuple):
     """What `sample` returns; N = max_new_tokens.
 
     tokens_BxN int32, `pad_id` after EOS; logprobs_BxN float32, log-prob of each chosen
-    token under ``log_softmax(logits / temperature)`` (before top-k / top-p filtering),
-    0 where masked; mask_BxN int32, 1 on generated tokens up to and including EOS;
-    lengths_B int32; has_eos_B bool.
+    token under ``log_softmax(logits / temperature)`` (before top-k / top-p filtering, after
+    the repetition guard when it is on), 0 where masked; mask_BxN int32, 1 on generated
+    tokens up to and including EOS; lengths_B int32; has_eos_B bool.
     """
 
     tokens: Array
@@ -118,6 +138,51 @@ def filter_logits(logits_BxV: Array, top_k: int = 0, top_p: float = 1.0) -> Arra
         n_keep_B = jnp.sum(mass_before_BxV < top_p, axis=-1)  # >= 1: the first has 0 before it
         cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, n_keep_B[:, None] - 1, axis=-1)
         logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
+    return logits_BxV
+
+
+def guard_logits(
+    logits_BxV: Array,
+    tokens_BxN: Array,
+    num_done: Array | int,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+) -> Array:
+    """The repetition guard of Hugging Face ``generate``, on the generated tokens only.
+
+    `tokens_BxN[:, :num_done]` are the tokens generated so far (later columns are ignored, so
+    a fixed-shape buffer works under jit); `logits_BxV` are the next token's logits.
+
+    * ``repetition_penalty`` p (CTRL, Keskar et al. 2019): the logit of every token already
+      generated is divided by p when positive and multiplied by p when negative (p > 1 makes
+      repeats less likely; p < 1 more likely). Once per token, however often it occurred.
+    * ``no_repeat_ngram_size`` n: a token that would complete an n-gram already present in the
+      generated tokens gets -inf (n = 1: no token twice). Fewer than n - 1 tokens: no ban.
+    """
+    B, V = logits_BxV.shape
+    N = tokens_BxN.shape[1]
+    num_done = jnp.asarray(num_done, jnp.int32)
+    tokens_BxN = tokens_BxN.astype(jnp.int32)
+    rows_Bx1 = jnp.arange(B)[:, None]
+    if repetition_penalty != 1.0:
+        done_BxN = jnp.broadcast_to(jnp.arange(N) < num_done, (B, N))
+        seen_BxV = jnp.zeros((B, V), bool).at[rows_Bx1, tokens_BxN].max(done_BxN)
+        p = jnp.asarray(repetition_penalty, logits_BxV.dtype)
+        penalised_BxV = jnp.where(logits_BxV < 0, logits_BxV * p, logits_BxV / p)
+        logits_BxV = jnp.where(seen_BxV, penalised_BxV, logits_BxV)
+    n = no_repeat_ngram_size
+    if 0 < n <= N:
+        W = N - n + 1  # n-grams starting at 0 .. N - n
+        # An n-gram starting at j is complete (all generated) when j + n <= num_done.
+        match_BxW = jnp.broadcast_to(jnp.arange(W) + n <= num_done, (B, W))
+        if n > 1:
+            start = jnp.maximum(num_done - (n - 1), 0)
+            last_Bxm = lax.dynamic_slice(tokens_BxN, (0, start), (B, n - 1))  # the n - 1 latest
+            for k in range(n - 1):
+                match_BxW &= tokens_BxN[:, k : k + W] == last_Bxm[:, k : k + 1]
+            match_BxW &= num_done >= n - 1
+        banned_BxV = jnp.zeros((B, V), bool).at[rows_Bx1, tokens_BxN[:, n - 1 :]].max(match_BxW)
+        logits_BxV = jnp.where(banned_BxV, jnp.asarray(-jnp.inf, logits_BxV.dtype), logits_BxV)
     return logits_BxV
 
 
@@ -276,7 +341,12 @@ def sample(
     eos = -1 if cfg.eos_id is None else cfg.eos_id
 
     def body(s: _Loop, S: int) -> _Loop:
-        token_B, logp_B = _choose(s.logits_BxV, jax.random.fold_in(rng, s.i), cfg)
+        logits_BxV = s.logits_BxV
+        if cfg.guarded:
+            logits_BxV = guard_logits(
+                logits_BxV, s.tokens_BxN, s.i, cfg.repetition_penalty, cfg.no_repeat_ngram_size
+            )
+        token_B, logp_B = _choose(logits_BxV, jax.random.fold_in(rng, s.i), cfg)
         alive_B = ~s.done_B
         token_B = jnp.where(alive_B, token_B, cfg.pad_id)
         logp_B = jnp.where(alive_B, logp_B, 0.0)
@@ -419,6 +489,7 @@ __all__ = [
     "decode_chunks",
     "decoder_fns",
     "filter_logits",
+    "guard_logits",
     "make_sampler",
     "prompt_positions",
     "sample",

@@ -1,5 +1,7 @@
 """Sampler tests with toy pure-JAX models (one causal attention layer; a bigram table)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -489,3 +491,160 @@ def test_real_decoder_chunked_cache_equals_one_cache(family):
         )
         np.testing.assert_array_equal(a.tokens, b.tokens)
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+# The repetition guard (`repetition_penalty`, `no_repeat_ngram_size`), against NumPy references.
+
+
+def np_guard(logits, tokens, num_done, penalty=1.0, ngram=0):
+    """Hugging Face's two rules, written plainly, on the first `num_done` tokens of each row."""
+    out = np.array(logits, np.float32, copy=True)
+    for b in range(out.shape[0]):
+        gen = [int(t) for t in tokens[b, :num_done]]
+        if penalty != 1.0:
+            for t in set(gen):
+                out[b, t] = out[b, t] * penalty if out[b, t] < 0 else out[b, t] / penalty
+        if ngram > 0 and len(gen) >= ngram:
+            prefix = gen[len(gen) - (ngram - 1) :] if ngram > 1 else []
+            for j in range(len(gen) - ngram + 1):
+                if gen[j : j + ngram - 1] == prefix:
+                    out[b, gen[j + ngram - 1]] = -np.inf
+    return out
+
+
+@pytest.mark.parametrize("penalty,ngram", [(1.3, 0), (0.7, 0), (1.0, 1), (1.0, 2), (1.2, 3)])
+def test_guard_logits_matches_numpy_reference(penalty, ngram):
+    rng = np.random.default_rng(ngram * 10 + int(penalty * 10))
+    B, N, Vs = 5, 9, 6  # a small vocabulary: histories repeat tokens and n-grams
+    tokens = rng.integers(0, Vs, size=(B, N)).astype(np.int32)
+    tokens[0, :6] = [1, 2, 3, 1, 2, 3]  # ...1 2 3 1 2 -> 3 completes a repeated 3-gram
+    logits = rng.normal(size=(B, Vs)).astype(np.float32) * 2  # signs both ways
+    fn = jax.jit(sampling.guard_logits, static_argnums=(3, 4))
+    for num_done in range(N + 1):
+        got = np.asarray(fn(logits, tokens, num_done, penalty, ngram))
+        want = np_guard(logits, tokens, num_done, penalty, ngram)
+        # rtol: XLA may divide by the penalty as a multiply by its reciprocal (1 ulp)
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"num_done={num_done}")
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    got = np.asarray(fn(logits, tokens, 5, penalty, ngram))
+    if ngram in (1, 2, 3):
+        assert got[0, 3] == -np.inf  # 3 follows "1 2" once already (and was generated)
+
+
+def test_guard_logits_ngram_longer_than_buffer_bans_nothing():
+    logits = np.arange(12, dtype=np.float32).reshape(2, 6) - 5
+    tokens = np.ones((2, 3), np.int32)
+    np.testing.assert_array_equal(
+        np.asarray(sampling.guard_logits(logits, tokens, 3, 1.0, 4)), logits
+    )
+
+
+def guarded_greedy_rollout(params, ids, mask, n_new, penalty, ngram):
+    """`greedy_rollout` of the toy model with `np_guard` applied to each step's logits."""
+    forward = jax.jit(lambda i, m: toy_full_forward(params, i, m))
+    B, P = ids.shape
+    seq = np.concatenate([ids, np.zeros((B, n_new), np.int32)], 1)
+    seq_mask = np.concatenate([mask, np.zeros((B, n_new), np.int32)], 1)
+    for i in range(n_new):
+        logits = np.asarray(forward(jnp.asarray(seq), jnp.asarray(seq_mask))[:, P - 1 + i])
+        seq[:, P + i] = np.argmax(np_guard(logits, seq[:, P:], i, penalty, ngram), -1)
+        seq_mask[:, P + i] = 1
+    return seq[:, P:]
+
+
+@pytest.mark.parametrize("penalty,ngram,chunks", [(1.5, 0, 1), (1.0, 2, 3), (1.3, 3, 2)])
+def test_guarded_greedy_equals_reference_rollout(penalty, ngram, chunks):
+    params = toy_params(11)
+    ids, mask = left_padded_prompts(11, batch=4, width=5)
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=12,
+        eos_id=None,
+        pad_id=0,
+        greedy=True,
+        repetition_penalty=penalty,
+        no_repeat_ngram_size=ngram,
+        cache_chunks=chunks,
+    )
+    out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(0))
+    want = guarded_greedy_rollout(params, ids, mask, 12, penalty, ngram)
+    np.testing.assert_array_equal(np.asarray(out.tokens), want)
+    plain = sampling.make_sampler(
+        toy_step,
+        toy_init_cache,
+        dataclasses.replace(cfg, repetition_penalty=1.0, no_repeat_ngram_size=0),
+    )(params, ids, mask, jax.random.key(0))
+    assert not np.array_equal(np.asarray(plain.tokens), want)  # the guard changed something
+
+
+@pytest.mark.parametrize("ngram", [1, 2])
+def test_sampled_tokens_never_repeat_an_ngram(ngram):
+    params = toy_params(4)
+    ids, mask = left_padded_prompts(4, batch=6)
+    n_new = 10 if ngram == 1 else 12  # n = 1 bans each token once: at most V distinct tokens
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=n_new, eos_id=None, pad_id=0, temperature=1.5, no_repeat_ngram_size=ngram
+    )
+    out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(2))
+    tokens = np.asarray(out.tokens)
+    for row in tokens:
+        grams = [tuple(row[j : j + ngram]) for j in range(len(row) - ngram + 1)]
+        assert len(set(grams)) == len(grams), row
+    # the recorded log-probs are those of the guarded distribution the tokens were drawn from
+    seq = np.concatenate([ids, tokens], 1)
+    seq_mask = np.ones_like(seq)
+    seq_mask[:, : ids.shape[1]] = mask
+    logits = np.asarray(toy_full_forward(params, jnp.asarray(seq), jnp.asarray(seq_mask)))
+    P = ids.shape[1]
+    for i in range(n_new):
+        guarded = np_guard(logits[:, P - 1 + i], tokens, i, 1.0, ngram) / 1.5
+        logp = np.asarray(jax.nn.log_softmax(jnp.asarray(guarded), -1))
+        want = np.take_along_axis(logp, tokens[:, i : i + 1], 1)[:, 0]
+        np.testing.assert_allclose(np.asarray(out.logprobs)[:, i], want, atol=2e-5)
+
+
+# Golden outputs of the sampler before the guard existed (same toy model, same keys): with the
+# guard off, the traced program is the old one, so tokens and log-probs are bit-identical.
+GOLDEN_TOKENS = {
+    "greedy": [
+        [1, 11, 7, 3, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [11, 11, 11, 7, 12, 8, 0, 0, 0, 0, 0, 0],
+        [11, 11, 11, 11, 7, 3, 0, 0, 0, 0, 0, 0],
+    ],
+    "sample": [
+        [8, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 5, 3, 0, 0, 0, 0, 0, 0, 0, 0],
+        [11, 7, 11, 7, 5, 0, 8, 0, 0, 0, 0, 0],
+        [11, 11, 11, 11, 7, 3, 0, 0, 0, 0, 0, 0],
+    ],
+}
+
+
+@pytest.mark.parametrize("name", ["greedy", "sample"])
+def test_guard_off_by_default_leaves_output_unchanged(name):
+    params = toy_params(11)
+    ids, mask = left_padded_prompts(11, batch=4, width=5)
+    kw = dict(greedy=True) if name == "greedy" else dict(temperature=0.9, top_k=6)
+    cfg = sampling.SamplingConfig(max_new_tokens=12, eos_id=3, pad_id=0, **kw)
+    assert (cfg.repetition_penalty, cfg.no_repeat_ngram_size, cfg.guarded) == (1.0, 0, False)
+    out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(5))
+    np.testing.assert_array_equal(np.asarray(out.tokens), GOLDEN_TOKENS[name])
+    # no trace of the guard in the program (its scatter into a [B, V] mask) unless asked
+    run = lambda c: str(  # noqa: E731
+        jax.make_jaxpr(lambda p, i, m, r: sampling.sample(toy_step, toy_init_cache, p, i, m, r, c))(
+            params, ids, mask, jax.random.key(5)
+        )
+    )
+    assert "scatter" not in run(cfg)
+    assert "scatter" in run(dataclasses.replace(cfg, no_repeat_ngram_size=2))
+
+
+def test_guard_config_validation():
+    base = dict(max_new_tokens=4, eos_id=None, pad_id=0)
+    for bad in (dict(repetition_penalty=0.0), dict(repetition_penalty=-1.0)):
+        with pytest.raises(ConfigError, match="repetition_penalty"):
+            sampling.SamplingConfig(**base, **bad)
+    for bad in (dict(no_repeat_ngram_size=-1), dict(no_repeat_ngram_size=2.0)):
+        with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+            sampling.SamplingConfig(**base, **bad)
+    assert sampling.SamplingConfig(**base, repetition_penalty=1.2).guarded

@@ -2,6 +2,7 @@
 
 Writes WORKDIR/generated/generated.parquet (seeker_id, cv, jd_sft, jd_ppo and, for the market,
 their oracle true-match probabilities) plus final.json with the generators' checkpoint steps.
+Decoding follows `config.generate`, its repetition guard included (`Generator.from_config`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def run(config, workdir: str) -> dict:
             )
     io.write_parquet_atomic(out, os.path.join(out_dir, "generated.parquet"))
     info = {"seekers": len(out), "steps": steps, "greedy": bool(g.greedy)}
+    for key, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+        if g.get(key, off) != off:  # the repetition guard, recorded only when on
+            info[key] = g.get(key)
     if best_of > 0:
         info["best_of"] = best_of
     for name in generators:

@@ -21,6 +21,8 @@ class Generator:
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
         batch_size: int = 64,
     ):
         from girl_jax import sampling
@@ -35,6 +37,8 @@ class Generator:
             top_k=top_k,
             top_p=top_p,
             greedy=greedy,
+            repetition_penalty=float(repetition_penalty),
+            no_repeat_ngram_size=int(no_repeat_ngram_size),
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
         )
@@ -44,7 +48,13 @@ class Generator:
     @classmethod
     def from_config(cls, graphdef, params, tokenizer, config, **kwargs) -> Generator:
         """A generator with the run's prompt and JD lengths (`sft.max_prompt_len`,
-        `ppo.max_new_tokens`); `kwargs` are the sampling settings and the batch size."""
+        `ppo.max_new_tokens`) and repetition guard (`generate.repetition_penalty`,
+        `generate.no_repeat_ngram_size`; off when absent); `kwargs` are the sampling settings
+        and the batch size, and override the guard."""
+        g = config.get("generate") or {}
+        for key, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+            if kwargs.get(key) is None:
+                kwargs[key] = g.get(key, off)
         return cls(
             graphdef,
             params,
