@@ -141,6 +141,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config.get("mesh", {}).get(axis, 1)
         if not isinstance(value, int) or (value < 1 and value != -1):
             raise ConfigError(f"config.mesh.{axis} must be a positive integer or -1, got {value!r}")
+    gen = config.get("generate", {})
+    penalty = gen.get("repetition_penalty", 1.0)
+    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty > 0:
+        raise ConfigError(
+            f"config.generate.repetition_penalty must be > 0 (1: off), got {penalty!r}"
+        )
+    ngram = gen.get("no_repeat_ngram_size", 0)
+    if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
+        raise ConfigError(
+            f"config.generate.no_repeat_ngram_size must be an integer >= 0 (0: off), got {ngram!r}"
+        )
     if "ppo" in config:
         if config.ppo.batch_size % config.ppo.minibatches:
             raise ConfigError(

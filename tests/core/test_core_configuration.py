@@ -28,6 +28,8 @@ def test_variants_and_overrides():
         ("--config.ppo.whiten_advantages=maybe", "config.ppo.whiten_advantages"),
         ("--config.mesh.data=0", "config.mesh.data"),
         ("--config.ppo.minibatches=3", "config.ppo.minibatches"),
+        ("--config.generate.repetition_penalty=0", "config.generate.repetition_penalty"),
+        ("--config.generate.no_repeat_ngram_size=-1", "config.generate.no_repeat_ngram_size"),
     ],
 )
 def test_bad_overrides_name_the_key(override, match):
