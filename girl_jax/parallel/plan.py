@@ -7,160 +7,44 @@ target's devices (a TPU topology via libtpu, a GPU target spec, or local devices
 
 `plan_config(config, topology, steps=None)` plans every step in `steps`
 (`{name: StepSpec}`); the default is a generic SFT-like causal-LM train step on the
-real Decoder, which the stages replace with their own step builders.
+real Decoder, which the stages replace with their own step builders
+(`girl_jax.stages.plans`). Target names and device memory live in `plan_targets`, the
+table / JSON rendering in `plan_render`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from girl_jax.errors import ConfigError
 from girl_jax.parallel.mesh import check_batch, make_mesh
+from girl_jax.parallel.plan_render import format_plan_table, largest_arrays, plan_to_json
+from girl_jax.parallel.plan_targets import (
+    HBM_BYTES,
+    capacity_bytes,
+    parse_topology,
+    topology_devices,
+)
 from girl_jax.parallel.rules import Rules, activate, normalize_rules, replicated
 from girl_jax.parallel.state import TrainState, abstract_train_state, batch_sharding
 
-GiB = 1024**3
-# HBM per chip / card (bytes). TPU figures are per chip (v4 / v5p chips are two-core megacore).
-HBM_BYTES = {
-    "v4": 32 * GiB,
-    "v5e": 16 * GiB,
-    "v5litepod": 16 * GiB,
-    "v5p": 95 * GiB,
-    "v6e": 32 * GiB,
-    "h100": 80 * GiB,
-    "h200": 141 * GiB,
-    "a100": 80 * GiB,
-}
-_GPU_TARGETS_DIR = os.path.join(os.path.dirname(__file__), "gpu_targets")
-_GPU_TARGET_FILES = {
-    "h100": "h100_sxm.txtpb",
-    "h200": "h200_sxm.txtpb",
-    "a100": "a100_sxm_80.txtpb",
-}
-
-
-# ----------------------------------------------------------------------------- targets
-
-
-def _generation(topology: str) -> str:
-    return topology.split(":", 1)[0].strip().lower()
-
-
-def capacity_bytes(topology: str, devices: Sequence[Any] | None = None) -> int | None:
-    """Memory per device for a topology name (`v5e:16x16`, `h100:1x32x8`) or local devices."""
-    gen = _generation(topology)
-    if gen in HBM_BYTES:
-        return HBM_BYTES[gen]
-    for device in devices or ():
-        stats = getattr(device, "memory_stats", lambda: None)
-        try:
-            limit = (stats() or {}).get("bytes_limit")
-        except Exception:  # noqa: BLE001 - CPU / topology devices have no stats
-            limit = None
-        if limit:
-            return int(limit)
-    return None
-
-
-def topology_devices(name: str, *, num_slices: int = 1) -> list[Any]:
-    """Devices of a target, for compiling only.
-
-    `name` forms: `v5e:2x2`, `v5p:4x4x4`, `v6e:16x16`, `v4:2x2x1` (TPU; needs
-    `pip install 'jax[tpu]'`), `h100:1x32x8` (GPU hosts x GPUs; needs `jax[cuda12-local]` and a
-    target spec in `girl_jax/parallel/gpu_targets/`), `cpu:8` / `local` (this process's devices).
-    """
-    gen = _generation(name)
-    rest = name.split(":", 1)[1] if ":" in name else ""
-    if gen in ("local", "cpu"):
-        devices = jax.devices()
-        if rest:
-            if int(rest) > len(devices):
-                raise ConfigError(f"topology {name!r}: only {len(devices)} local devices")
-            devices = devices[: int(rest)]
-        return list(devices)
-    from jax.experimental import topologies
-
-    if gen in _GPU_TARGET_FILES:
-        spec_path = os.path.join(_GPU_TARGETS_DIR, _GPU_TARGET_FILES[gen])
-        if not os.path.exists(spec_path):
-            raise ConfigError(
-                f"topology {name!r}: no GPU target spec at {spec_path}; GPU plans need one "
-                "(see girl_jax/parallel/gpu_targets/README.md)"
-            )
-        with open(spec_path) as f:
-            target_config = f.read()
-        try:
-            topo = topologies.get_topology_desc(
-                platform="cuda", topology_name="", target_config=target_config, topology=rest
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"topology {name!r}: GPU compiler unavailable ({exc})") from exc
-        return list(topo.devices)
-    if not re.fullmatch(r"\d+(x\d+){1,2}", rest):
-        raise ConfigError(f"topology {name!r} is not of the form type:AxB[xC], e.g. v5e:16x16")
-    kwargs: dict[str, Any] = {"num_slices": num_slices} if num_slices > 1 else {}
-    if gen == "v4":
-        kwargs["chip_config_name"] = "megacore"
-    try:
-        topo = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - missing libtpu or unknown name
-        raise ConfigError(
-            f"topology {name!r}: cannot describe TPU devices ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); is 'jax[tpu]' installed?"
-        ) from exc
-    return list(topo.devices)
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def _per_device_bytes(leaf: Any) -> int:
-    shape = tuple(leaf.shape)
-    sharding = getattr(leaf, "sharding", None)
-    if isinstance(sharding, jax.sharding.Sharding):
-        shape = tuple(sharding.shard_shape(shape))
-    itemsize = 4 if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf.dtype.itemsize
-    return int(np.prod(shape, dtype=np.int64)) * itemsize
-
-
-def largest_arrays(tree: Any, top: int = 5) -> list[dict[str, Any]]:
-    """The `top` leaves of `tree` with the most bytes per device: path, shape, dtype, sharding."""
-    rows = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not hasattr(leaf, "shape"):
-            continue
-        sharding = getattr(leaf, "sharding", None)
-        rows.append(
-            dict(
-                path=jax.tree_util.keystr(path, simple=True, separator="/"),
-                shape=tuple(int(d) for d in leaf.shape),
-                dtype=str(leaf.dtype),
-                spec=str(getattr(sharding, "spec", "")),
-                bytes_per_device=_per_device_bytes(leaf),
-            )
-        )
-    rows.sort(key=lambda r: -r["bytes_per_device"])
-    return rows[:top]
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "exceeds available HBM", "Ran out of memory")
 
 
 def _flops(compiled: Any) -> float | None:
     try:
         cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
+    except Exception:  # noqa: BLE001 - some backends (GPU) do not implement it
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
@@ -204,7 +88,7 @@ def plan_step(
             compiled = jitted.lower(*abstract_args).compile()
     except Exception as exc:  # noqa: BLE001 - over-capacity fails here on TPU
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "RESOURCE_EXHAUSTED" not in message and "RESOURCE_EXHAUSTED" not in str(exc):
+        if not any(marker in str(exc) for marker in OOM_MARKERS):
             raise
         row.update(compile_s=time.perf_counter() - start, fits=False, error=message[:500])
         for key in ("args_bytes", "temp_bytes", "output_bytes", "alias_bytes", "total_bytes"):
@@ -377,6 +261,13 @@ def default_steps() -> dict[str, StepSpec]:
     return {"sft_like": StepSpec(build=build_sft_like, batch_key="sft.batch_size")}
 
 
+def actor_params(state: Any) -> int:
+    """Parameters of a planned state (PPO: the actor's)."""
+    if not hasattr(state, "params") and hasattr(state, "actor"):
+        state = state.actor
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(getattr(state, "params", {}))))
+
+
 def plan_config(
     config: Any,
     topology: str,
@@ -403,72 +294,21 @@ def plan_config(
             rules=rules,
             capacity=capacity,
         )
-        state = planned.abstract_args[0]
-        if not hasattr(state, "params") and hasattr(state, "actor"):  # PPO: count the actor
-            state = state.actor
         row = dict(
             step=name,
             topology=topology,
             note=planned.note,
-            params=int(
-                sum(math.prod(x.shape) for x in jax.tree.leaves(getattr(state, "params", {})))
-            ),
+            params=actor_params(planned.abstract_args[0]),
             **row,
         )
         rows.append(row)
     return rows
 
 
-# ----------------------------------------------------------------------------- rendering
-
-
-def _gib(value: int | None) -> str:
-    return "-" if value is None else f"{value / GiB:.2f}"
-
-
-def format_plan_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A fixed-width text table, one line per planned step."""
-    header = (
-        "step", "topology", "mesh", "params", "args GiB", "temp GiB", "out GiB",
-        "total GiB", "HBM GiB", "fits", "TFLOP/dev", "compile s",
-    )  # fmt: skip
-    lines = [header]
-    for r in rows:
-        mesh = "x".join(str(v) for v in (r.get("mesh") or {}).values())
-        flops = r.get("flops")
-        fits = r.get("fits")
-        lines.append(
-            (
-                str(r.get("step", "")),
-                str(r.get("topology", "")),
-                mesh,
-                f"{r.get('params', 0) / 1e6:.1f}M",
-                _gib(r.get("args_bytes")),
-                _gib(r.get("temp_bytes")),
-                _gib(r.get("output_bytes")),
-                _gib(r.get("total_bytes")),
-                _gib(r.get("capacity_bytes")),
-                "?" if fits is None else ("yes" if fits else "NO"),
-                "-" if flops is None else f"{flops / 1e12:.2f}",
-                f"{r.get('compile_s', 0.0):.1f}",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    for r in rows:
-        if r.get("error"):
-            out.append(f"{r.get('step')}: {r['error']}")
-    return "\n".join(out)
-
-
-def plan_to_json(rows: Sequence[Mapping[str, Any]]) -> str:
-    """JSON rendering of the rows (tuples as lists)."""
-    return json.dumps(list(rows), indent=2, default=str)
-
-
 __all__ = [
     "HBM_BYTES",
+    "OOM_MARKERS",
+    "actor_params",
     "PlannedStep",
     "StepSpec",
     "abstract_batch",
@@ -484,5 +324,6 @@ __all__ = [
     "plan_config",
     "plan_step",
     "plan_to_json",
+    "parse_topology",
     "topology_devices",
 ]
