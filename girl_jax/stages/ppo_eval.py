@@ -13,7 +13,7 @@ from girl_jax.data import batches
 from girl_jax.metrics import read_metrics
 from girl_jax.stages import common, ppo_rewards
 from girl_jax.stages.generation import Generator, score_texts
-from girl_jax.stages.reward import score_dataset
+from girl_jax.stages.scoring import score_dataset
 
 
 def make_evaluator(config, cfg, data, graphs, frozen, score_fn):

@@ -6,7 +6,8 @@ rng)` samples JDs for a batch of CVs (KV-cache sampler), scores them with the re
 computes reference log-probs, critic values, per-token rewards (-beta*KL + score) and
 advantages from the registry, then runs epochs x shuffled minibatches of clipped updates as
 nested `lax.scan`s. Old log-probs, values and advantages are frozen at rollout time
-(lm-human-preferences semantics).
+(lm-human-preferences semantics). The forward helpers (response logits / values, sequence
+scores, explained variance) live in `girl_jax.stages.ppo_forward`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from girl_jax.rl import advantages as adv_mod
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import losses as loss_mod
 from girl_jax.rl import registry, shaping
 from girl_jax.stages import common
+from girl_jax.stages.ppo_forward import (  # noqa: F401 (re-exported: they lived here)
+    explained_variance,
+    response_logits,
+    response_logits_and_values,
+    response_values,
+    sequence_scores,
+)
 
 if TYPE_CHECKING:
     from girl_jax.stages.ppo import PPOConfig
@@ -92,53 +99,6 @@ class Graphs:
 
 
 # ---------------------------------------------------------------- pure pieces
-
-
-def response_logits(graphdef, params, ids, mask, prompt_len):
-    """Logits that predict each response token: positions P-1 .. P+N-2 of the full sequence.
-
-    The LM head runs on those positions only (a decoder's `hidden` then `logits`), not on
-    the prompt's: at P = N that halves the head's FLOPs, forward and backward.
-    """
-    model = nnx.merge(graphdef, params)
-    if hasattr(model, "hidden") and hasattr(model, "logits"):
-        h_BxTxD, _ = model.hidden(ids, mask)
-        return model.logits(h_BxTxD[:, prompt_len - 1 : -1])
-    logits, _ = model(ids, mask)
-    return logits[:, prompt_len - 1 : -1]
-
-
-def response_values(graphdef, params, ids, mask, prompt_len):
-    values, _ = nnx.merge(graphdef, params)(ids, mask)
-    return values[:, prompt_len - 1 : -1].astype(jnp.float32)
-
-
-def response_logits_and_values(graphs: Graphs, actor_params, head_params, ids, mask, prompt_len):
-    """`critic=value_head`: one trunk pass gives the LM logits and the shared-trunk values.
-
-    The value head reads the policy's final hidden states, so the value loss also trains the
-    policy trunk (TRL's `AutoModelForCausalLMWithValueHead`, lm-human-preferences).
-    """
-    actor = nnx.merge(graphs.actor, actor_params)
-    h_BxTxD, _ = actor.hidden(ids, mask)
-    h_resp = h_BxTxD[:, prompt_len - 1 : -1]
-    logits = actor.logits(h_resp)
-    values = nnx.merge(graphs.critic, head_params)(h_resp).astype(jnp.float32)
-    return logits, values
-
-
-def sequence_scores(graphdef, params, ids, mask, response_mask=None):
-    """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
-    from girl_jax.models.heads import sequence_score
-
-    return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
-
-
-def explained_variance(values, returns, mask):
-    var_r = loss_mod.masked_mean((returns - loss_mod.masked_mean(returns, mask)) ** 2, mask)
-    diff = returns - values
-    var_d = loss_mod.masked_mean((diff - loss_mod.masked_mean(diff, mask)) ** 2, mask)
-    return 1.0 - var_d / jnp.maximum(var_r, 1e-8)
 
 
 def sample_responses(actor_params, batch, rng, *, graphs: Graphs, scfg):

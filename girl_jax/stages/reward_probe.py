@@ -22,6 +22,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from girl_jax import metrics
+from girl_jax.stages.scoring import score_dataset, trimmed_width
+
 
 def probe_loss(head_params, head_graphdef, x, y, *, objective: str, margin: float = 0.0):
     """Pointwise: x [B, ...], y [B] labels -> BCE. Pairwise: x [2, B, ...] (chosen, rejected)
@@ -151,7 +154,6 @@ def cached_features(cfg, graphdef, params, train, val) -> Features:
     ~1 GB for the default market's 16.5k training rows.
     """
     from girl_jax.models.heads import TOKEN_HEADS, pool_features
-    from girl_jax.stages.reward import score_dataset, trimmed_width
 
     model = nnx.merge(graphdef, params)
     token_head = model.reward_head.head in TOKEN_HEADS
@@ -169,31 +171,44 @@ def cached_features(cfg, graphdef, params, train, val) -> Features:
 
     features_fn = jax.jit(feature_fn)
 
-    def feats(ids, mask, resp):
+    # one bar over every row the trunk reads: training rows (both sides, pairwise), validation
+    total = len(val["input_ids"]) + sum(len(v) for k, v in train.items() if k.endswith("_ids"))
+    bar = metrics.Progress(total, "reward features")
+    done = 0
+
+    def feats(ids, mask, resp, part):
+        def advance(rows):
+            nonlocal done
+            done += rows
+            bar.update(done, part)
+
         arrays = {"input_ids": ids, "attention_mask": mask, "response_mask": resp}
-        x = score_dataset(features_fn, params, arrays, cfg.probe_batch_size)
+        x = score_dataset(features_fn, params, arrays, cfg.probe_batch_size, on_batch=advance)
         if not token_head:
             return x
         w = trimmed_width(arrays)
         return {**x, "mask": mask[:, :w], "response_mask": resp[:, :w]}
 
     if cfg.objective == "pointwise":
-        train_x = feats(train["input_ids"], train["attention_mask"], train["response_mask"])
+        train_x = feats(
+            train["input_ids"], train["attention_mask"], train["response_mask"], "train"
+        )
         train_y = train["label"]
     else:  # chosen and rejected: token states padded to a shared width to stack
         sides = [
-            feats(train[f"{k}_ids"], train[f"{k}_mask"], train[f"{k}_response_mask"])
+            feats(train[f"{k}_ids"], train[f"{k}_mask"], train[f"{k}_response_mask"], f"train {k}")
             for k in ("chosen", "rejected")
         ]
         if token_head:
             width = max(x["hidden"].shape[1] for x in sides)
             sides = [_pad_tokens(x, width) for x in sides]
         train_x, train_y = jax.tree.map(lambda *a: np.stack(a), *sides), None
-    val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"])
+    val_x = feats(val["input_ids"], val["attention_mask"], val["response_mask"], "validation")
+    bar.close()
     return Features(train_x, train_y, val_x, np.asarray(val["label"]))
 
 
-def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=None):
+def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=None, on_epoch=None):
     return fit_head(
         head_graphdef,
         head_params,
@@ -209,6 +224,7 @@ def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=No
         patience=cfg.probe_patience,
         seed=seed,
         margin=cfg.margin,
+        on_epoch=on_epoch,
         rows=rows,
     )
 
@@ -223,7 +239,14 @@ def probe(cfg, graphdef, params, train, val, seed: int, features: Features | Non
         features = cached_features(cfg, graphdef, params, train, val)
     model = nnx.merge(graphdef, params)
     head_graphdef, head_params = nnx.split(model.reward_head)
-    best, history = _fit(cfg, head_graphdef, head_params, features, seed)
+    bar = metrics.Progress(cfg.probe_epochs, "reward probe")
+
+    def on_epoch(epoch, rec):
+        info = f"loss {rec['probe_loss']:.3f} val auc {rec['probe_val_auc']:.3f}"
+        bar.update(epoch, info)
+
+    best, history = _fit(cfg, head_graphdef, head_params, features, seed, on_epoch=on_epoch)
+    bar.close()  # early stopping may end it before probe_epochs
     nnx.update(model.reward_head, best)
     return nnx.state(model, nnx.Param), history
 

@@ -109,10 +109,10 @@ def test_the_repeated_copies_use_the_helper():
 
     from girl_jax import checkpoint, metrics, overopt, report
     from girl_jax.data import io, tokenizer
-    from girl_jax.models import hf_bert
+    from girl_jax.models import hf_bert_export
     from girl_jax.stages import recommend
 
-    for module in (checkpoint, io, tokenizer, hf_bert, metrics, report, overopt, recommend):
+    for module in (checkpoint, io, tokenizer, hf_bert_export, metrics, report, overopt, recommend):
         source = inspect.getsource(module)
         assert "mkstemp" not in source and "os.replace" not in source, module.__name__
         assert module.atomic is atomic

@@ -1,0 +1,65 @@
+"""Batched scoring in length order: `score_dataset` runs a jitted per-row function (scores,
+features, per-token outputs) over right-padded arrays, each batch cut to the columns it uses;
+`trimmed_width` is the width those outputs come back at. Shared by the reward stage, its probe,
+PPO's evaluation and generation.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_batch=None):
+    """Scores (or any per-row output, e.g. features [N, F]) for every row, in the input order.
+
+    `score_fn(params, ids, mask, response_mask)`; `arrays` holds right-padded input_ids,
+    attention_mask and response_mask [N, L]. Rows go through in order of length (the end of
+    their last valid token, so left padding is never cut), each batch cut to its longest row
+    rounded up to `multiple` (padding is ~1/3 of a [N, L] table here), the last batch padded:
+    a few compiled shapes and no work on all-pad columns. The output may be a pytree of arrays;
+    per-token outputs [B, T', D] come back zero-padded to `trimmed_width(arrays, multiple)`.
+    `on_batch(rows)`, when given, is called after each batch with the rows it scored (progress).
+    """
+    keys = ("input_ids", "attention_mask", "response_mask")
+    n, width = arrays["input_ids"].shape
+    mask = np.asarray(arrays["attention_mask"]).astype(bool)
+    lengths = np.where(mask.any(1), width - np.argmax(mask[:, ::-1], 1), 0)  # last valid + 1
+    order = np.argsort(lengths, kind="stable")
+    full = trimmed_width(arrays, multiple)
+    out = []
+    for b in range(0, n, batch_size):
+        idx = order[b : b + batch_size]
+        keep = min(width, -(-max(int(lengths[idx].max()), 1) // multiple) * multiple)
+        rows = [np.asarray(arrays[k])[idx, :keep] for k in keys]
+        pad = batch_size - len(idx)
+        if pad:
+            rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
+        o = jax.device_get(score_fn(params, *rows))
+        rows_here = len(idx)
+        out.append(jax.tree.map(lambda a, n=rows_here: _restore_width(np.asarray(a)[:n], full), o))
+        if on_batch is not None:
+            on_batch(rows_here)
+    if not out:
+        return np.zeros(0, np.float32)
+
+    def unsort(*parts):
+        stacked = np.concatenate(parts)
+        result = np.empty_like(stacked)
+        result[order] = stacked
+        return result
+
+    return jax.tree.map(unsort, *out)
+
+
+def _restore_width(a: np.ndarray, full: int) -> np.ndarray:
+    """Per-token outputs [B, T', D] are zero-padded back to the common width `full`."""
+    return np.pad(a, ((0, 0), (0, full - a.shape[1]), (0, 0))) if a.ndim == 3 else a
+
+
+def trimmed_width(arrays, multiple: int = 32) -> int:
+    """The columns any row of `arrays` uses, rounded up to `multiple` (at most the width)."""
+    mask = np.asarray(arrays["attention_mask"]).astype(bool)
+    width = mask.shape[1]
+    used = width - int(np.argmax(mask.any(0)[::-1])) if mask.any() else 1
+    return min(width, -(-used // multiple) * multiple)
