@@ -159,7 +159,7 @@ def run(args) -> dict:
     shape = "bench-tiny" if quick else "bench-small"
     batch, prompt, new, epochs = (8, 8, 8, 1) if quick else (64, 64, 64, 4)
     repeats = args.repeats or (1 if quick else 3)
-    trl_iters = 0 if quick else 2  # 0: the one (warm-up) iteration is the timed one
+    trl_iters = 0 if quick else 3  # timed after one warm-up (0: the warm-up is the timed one)
     dtype = "bfloat16" if args.device == "gpu" else "float32"
     peak, peak_name = bc.peak_flops(args.device, quick)
 
@@ -183,12 +183,24 @@ def run(args) -> dict:
     bc.progress(f"ppo: ours {ours_times}; TRL worker starts")
     trl = run_trl(o["mcfg"], batch, prompt, new, epochs, trl_iters)
     bc.progress(f"ppo: TRL {trl.get('iteration_s') or trl.get('reason')}")
+    # The peer at its fastest setting here: bfloat16 autocast where the CPU has bf16 matrix
+    # units (AMX-BF16 / AVX512-BF16); ours stays at float32 (XLA:CPU's bf16 dots are slower).
+    trl_bf16 = None
+    if not quick and args.device == "cpu" and cpu_has_bf16_units():
+        trl_bf16 = run_trl(o["mcfg"], batch, prompt, new, epochs, trl_iters, bf16=True)
+        bc.progress(f"ppo: TRL bf16 {trl_bf16.get('iteration_s') or trl_bf16.get('reason')}")
     ours_times += [bc.time_call(ours_iter) for _ in range(repeats)]  # A B A
 
     breakdown = time_breakdown(o, holder["state"], repeats, sampling) if not quick else {}
     flops = ppo_iteration_flops(o["mcfg"], batch, prompt, new, epochs)
     ours_s = bc.median(ours_times)
     trl_s = bc.median(trl["iteration_s"][1:] or trl["iteration_s"]) if trl.get("ok") else None
+    trl_bf16_s = (
+        bc.median(trl_bf16["iteration_s"][1:] or trl_bf16["iteration_s"])
+        if trl_bf16 and trl_bf16.get("ok")
+        else None
+    )
+    best_peer = min([t for t in (trl_s, trl_bf16_s) if t], default=None)
     figures = [
         bc.figure(
             f"PPO iteration {shape} ({batch}x{prompt}+{new}, {epochs} epochs)",
@@ -198,6 +210,18 @@ def run(args) -> dict:
             "TRL 1.12 PPOTrainer (torch)",
             target=3.0,
             note=f"first call incl. compile {first_s:.1f}s",
+        ),
+        bc.figure(
+            f"PPO iteration {shape}, each at its fastest setting (ours float32)",
+            "samples/s",
+            batch / ours_s,
+            batch / best_peer if best_peer else None,
+            "TRL 1.12, fastest of float32 / bf16 autocast",
+            note=(
+                "peer ahead"
+                if best_peer and best_peer < ours_s
+                else ("ours ahead" if best_peer else "no bf16 peer run")
+            ),
         ),
         bc.figure(
             f"PPO iteration {shape} FLOP/s vs peak",
@@ -219,6 +243,11 @@ def run(args) -> dict:
         flops=flops,
         trl_flops_per_s=flops["total"] / trl_s if trl_s else None,
         trl=trl,
+        trl_bf16=trl_bf16,
+        ours_precision="float32" if args.device == "cpu" else "bfloat16",
+        ours_devices=jax.device_count(),
+        ours_cpu_count=os.cpu_count(),
+        ours_xla_flags=os.environ.get("XLA_FLAGS", ""),
         ours_breakdown_s=breakdown,
         tunix="not run: separate venv (its pip install pins older safetensors / transformers "
         "5.12) and a Qwen2-only model path (no GPT-2 class), so weights cannot be shared; "
@@ -227,7 +256,15 @@ def run(args) -> dict:
     return {"figures": figures, "details": details}
 
 
-def run_trl(mcfg, batch, prompt, new, epochs, iterations) -> dict:
+def cpu_has_bf16_units() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def run_trl(mcfg, batch, prompt, new, epochs, iterations, bf16: bool = False) -> dict:
     if not os.path.exists(TRL_PYTHON):
         return dict(ok=False, reason=f"{TRL_PYTHON} missing (see benchmarks/README.md)")
     from flax import nnx
@@ -252,6 +289,7 @@ def run_trl(mcfg, batch, prompt, new, epochs, iterations) -> dict:
         str(epochs),
         "--iterations",
         str(iterations),
+        *(["--bf16"] if bf16 else []),
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
