@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -82,8 +83,6 @@ class StageCheckpointer:
         if step in self.complete_steps():  # already saved (e.g. periodic save, then a stop)
             return
         if step in self.manager.all_steps():  # a save that a kill cut short: redo it
-            import shutil
-
             shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
             self.manager.reload()
         args = ocp.args.Composite(

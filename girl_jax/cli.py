@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = _parser().parse_args(rest)
-    from girl_jax import compile_cache, preemption
+    from girl_jax import compile_cache, preemption  # deferred: `girl --help` imports no jax
 
     compile_cache.enable()  # before any compile; $GIRL_COMPILE_CACHE=off switches it off
     preemption.install()
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args, overrides):
-    from girl_jax.configuration import load_config
+    from girl_jax.configuration import load_config  # deferred: `girl --help` imports no jax
 
     return load_config(args.config, overrides)
 
@@ -152,36 +152,36 @@ def _load(args, overrides):
 def _dispatch(args, overrides) -> int:
     cmd = args.command
     if cmd == "data" and args.data_command == "check":
-        from girl_jax.data import io
+        from girl_jax.data import io  # deferred: `girl --help` imports no jax
 
         ds = io.load_interactions(args.path)
         print(json.dumps(io.summarize(ds), indent=2))
         return 0
     if cmd == "report":
-        from girl_jax import report
+        from girl_jax import report  # deferred: `girl --help` imports no jax
 
         path = report.render(args.workdir)
         print(f"wrote {path}")
         return 0
     if cmd == "generate":
-        from girl_jax import guidance
+        from girl_jax import guidance  # deferred: `girl --help` imports no jax
 
         guidance.main(args, overrides)
         return 0
     config = _load(args, overrides)
     if cmd == "plan":
-        from girl_jax.parallel import plan
-        from girl_jax.stages import plans
+        from girl_jax.parallel import plan  # deferred: `girl --help` imports no jax
+        from girl_jax.stages import plans  # deferred: `girl --help` imports no jax
 
         rows = plans.plan(config, args.topology, tuple(args.steps.split(",")))
         print(plan.plan_to_json(rows) if args.json else plan.format_plan_table(rows))
         return 0
     if cmd == "sweep":
-        from girl_jax import sweep
+        from girl_jax import sweep  # deferred: `girl --help` imports no jax
 
         sweep.run(config, args.workdir, args.grid, args.seeds, args.name, vmap=args.vmap)
         return 0
-    from girl_jax import pipeline
+    from girl_jax import pipeline  # deferred: `girl --help` imports no jax
 
     workdir = os.path.abspath(args.workdir)
     if cmd == "run":

@@ -30,6 +30,9 @@ import os
 import sys
 import tempfile
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cc
+
 ENV = "GIRL_COMPILE_CACHE"
 OFF = frozenset({"off", "0", "none", "false", "no", ""})
 # Cache programs that took at least this long to compile. JAX's default (1 s) skips most CPU
@@ -73,7 +76,7 @@ def _writable(directory: str) -> str | None:
 def _has_filelock() -> bool:
     """JAX bounds the cache (and locks it across processes) only with `filelock` installed."""
     try:
-        import filelock  # noqa: F401
+        import filelock  # noqa: F401 (optional: filelock)
     except ImportError:
         return False
     return True
@@ -88,9 +91,6 @@ def enable(path: str | None = None) -> str | None:
     the cache over. Never raises for an unusable directory: it warns once on stderr and leaves the
     cache off.
     """
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as jax_cc
-
     directory = resolve(path)
     if directory is not None:
         problem = _writable(directory)

@@ -18,9 +18,19 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from flax import nnx
 
+from girl_jax.configuration import load_config
+from girl_jax.data import market_taxonomy as tax
+from girl_jax.data import prepare
+from girl_jax.data.market_text import parse_jd
 from girl_jax.errors import CheckpointError, DataError
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.stages import common, ppo, sft
+from girl_jax.stages.generation import Generator, best_of_n, reward_scorer
 
 
 def _read_cv(path: str) -> str:
@@ -42,10 +52,6 @@ def _read_cv(path: str) -> str:
 
 
 def load_workdir_config(workdir: str, spec: str | None, overrides):
-    import ml_collections
-
-    from girl_jax.configuration import load_config
-
     if spec:
         return load_config(spec, overrides)
     path = os.path.join(workdir, "config.json")
@@ -58,7 +64,6 @@ def load_workdir_config(workdir: str, spec: str | None, overrides):
 
 def embed_texts(graphdef, params, tok, texts, max_len: int = 128, batch: int = 64) -> np.ndarray:
     """Mean-pooled, L2-normalised final hidden states of the decoder trunk."""
-    from flax import nnx
 
     @jax.jit
     def fwd(params, ids, mask):
@@ -83,9 +88,6 @@ def embed_texts(graphdef, params, tok, texts, max_len: int = 128, batch: int = 6
 
 def parsed_fields(text: str) -> dict | None:
     """A JD's fields as `parse_jd` reads them, by name (None: not found); None if nothing parses."""
-    from girl_jax.data import market_taxonomy as tax
-    from girl_jax.data.market_text import parse_jd
-
     p = parse_jd(text)
     if p is None:
         return None
@@ -129,19 +131,12 @@ def repeated_sentences(text: str) -> list[str]:
 
 def repeated_skills(text: str) -> list[str]:
     """Taxonomy skills the text names more than once ("tutoring, tutoring, ...")."""
-    from girl_jax.data import market_taxonomy as tax
-
     low = " ".join(re.findall(r"[a-z0-9]+", text.lower()))
     return [s for s in tax.SKILLS if len(re.findall(rf"\b{s}\b", low)) > 1]
 
 
 def load_generator(workdir: str, config, generator: str):
     """(data, graphdef, params) of a workdir's final `generator` ("ppo" or "sft")."""
-    from girl_jax.data import prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.stages import ppo, sft
-
     if not os.path.isfile(os.path.join(workdir, generator, "final.json")):
         raise CheckpointError(
             f"{workdir} has no trained {generator} generator "
@@ -159,9 +154,6 @@ def load_generator(workdir: str, config, generator: str):
 
 
 def main(args, overrides) -> None:
-    from girl_jax.stages import common
-    from girl_jax.stages.generation import Generator
-
     workdir = os.path.abspath(args.workdir)
     cv = _read_cv(args.cv)
     config = load_workdir_config(workdir, args.config, overrides)
@@ -185,8 +177,6 @@ def main(args, overrides) -> None:
     texts = gen_greedy.generate([cv], jax.random.key(0))
     best_of = int(getattr(args, "best_of", 0) or 0)
     if best_of > 0:  # the reward model's favourite of `best_of` samples replaces greedy
-        from girl_jax.stages.generation import best_of_n, reward_scorer
-
         sampler = Generator.from_config(
             graphdef,
             params,

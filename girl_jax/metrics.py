@@ -9,6 +9,14 @@ import time
 from typing import Any
 
 import numpy as np
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
 from sklearn import metrics as skm
 
 from girl_jax import atomic
@@ -85,7 +93,7 @@ class MetricWriter:
             return
         os.makedirs(stage_dir, exist_ok=True)
         self._truncate_after(resume_step)
-        from tensorboardX import SummaryWriter  # no TensorFlow needed
+        from tensorboardX import SummaryWriter  # optional: tensorboardX (no TensorFlow needed)
 
         self._tb = SummaryWriter(os.path.join(stage_dir, "tensorboard"), flush_secs=10)
 
@@ -152,17 +160,6 @@ class Progress:
         self._t0, self._n0 = time.time(), start
         self._bar = None
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import (
-                Progress as RichProgress,
-            )
-
             self._bar = RichProgress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

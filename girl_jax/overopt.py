@@ -306,10 +306,10 @@ def plot(curves: Mapping[str, Mapping], path: str, title: str = "reward over-opt
     the largest d of the plot.
     Runs without an oracle only get the proxy panel's curve. Written atomically; returns path.
     """
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib, only when plotting
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3), sharex=True)
     cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")

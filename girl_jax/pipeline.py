@@ -6,28 +6,29 @@ skipped, so rerunning the same command after a kill finishes the job.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
 
 import jax
+from rich.console import Console
 
+from girl_jax import report
 from girl_jax.checkpoint import write_json_atomic
+from girl_jax.data.prepare import prepare
+from girl_jax.parallel import distributed
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.stages import generate, ppo, recommend, reward, sft
 
 STAGES = ("data", "sft", "reward", "ppo", "generated", "recommend")
 
 
 def _stage_fn(name):
     if name == "data":
-        from girl_jax.data.prepare import prepare
-
         return prepare
     if name == "generated":
-        from girl_jax.stages.generate import run
-
-        return run
-    import importlib
-
+        return generate.run
     if name == "generate":
         name = "generated"
     return importlib.import_module(f"girl_jax.stages.{name}").train_and_evaluate
@@ -35,9 +36,6 @@ def _stage_fn(name):
 
 def preflight(config) -> None:
     """Validate every stage's settings and the mesh before anything trains or is written."""
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.stages import ppo, recommend, reward, sft
-
     sft.SFTConfig.from_config(config.sft)
     reward.RewardConfig.from_config(config.reward)
     ppo.PPOConfig.from_config(config.ppo)
@@ -56,15 +54,11 @@ def _save_config(config, workdir: str) -> None:
 
 def run_stage(name: str, config, workdir: str) -> dict:
     """Run one stage (its inputs must exist: a clear CheckpointError says which is missing)."""
-    from girl_jax.parallel import distributed
-
     distributed.initialize(config.get("distributed"))
     preflight(config)
     os.makedirs(workdir, exist_ok=True)
     _save_config(config, workdir)
     if name not in ("data",):
-        from girl_jax.data.prepare import prepare
-
         prepare(config, workdir)  # cheap when done; sft etc. need it
     t0 = time.time()
     out = _stage_fn(name)(config, workdir)
@@ -87,11 +81,6 @@ def _done(workdir: str, name: str) -> bool:
 
 def run(config, workdir: str) -> dict:
     """The whole pipeline, resumable; writes results.json and report.md."""
-    from rich.console import Console
-
-    from girl_jax import report
-    from girl_jax.parallel import distributed
-
     console = Console(stderr=True)
     distributed.initialize(config.get("distributed"))
     preflight(config)

@@ -6,8 +6,11 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
 
-from girl_jax import atomic
+from girl_jax import atomic, overopt
+from girl_jax.checkpoint import write_json_atomic
 from girl_jax.metrics import read_metrics
 
 
@@ -85,8 +88,6 @@ def results_table(rec: dict) -> str:
 
 def overoptimisation(ppo_dir: str) -> tuple[dict, dict] | None:
     """(curve, summary) of girl_jax.overopt for a PPO stage dir; None without eval points."""
-    from girl_jax import overopt
-
     curve = overopt.curve_from_metrics(read_metrics(ppo_dir))
     if not len(curve["d"]):
         return None
@@ -99,12 +100,10 @@ def plot_ppo(ppo_dir: str) -> str | None:
     Writes ppo/proxy_vs_true.png (returned) and ppo/overoptimisation.png: both rewards minus the
     start against d = sqrt(KL(policy||SFT)) with the Gao et al. (2022) fits (girl_jax.overopt).
     """
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from girl_jax import overopt
+    import matplotlib.pyplot as plt  # heavy: matplotlib, only when plotting
 
     hist = read_metrics(ppo_dir)
     over = overoptimisation(ppo_dir)
@@ -166,10 +165,10 @@ def plot_ppo(ppo_dir: str) -> str | None:
 
 
 def plot_training(workdir: str) -> str | None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib, only when plotting
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for i, (stage, key, evkey) in enumerate(
@@ -193,12 +192,10 @@ def plot_training(workdir: str) -> str | None:
 
 
 def plot_roc(workdir: str) -> str | None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    from sklearn.metrics import roc_curve
+    import matplotlib.pyplot as plt  # heavy: matplotlib, only when plotting
 
     rec_dir = os.path.join(workdir, "recommend")
     inter = os.path.join(workdir, "data", "interactions.parquet")
@@ -239,8 +236,6 @@ def plot_roc(workdir: str) -> str | None:
 
 def render(workdir: str) -> str:
     """Write report.md (and the PNGs) from whatever the workdir holds."""
-    from girl_jax.checkpoint import write_json_atomic
-
     res = build_results(workdir)
     results_path = os.path.join(workdir, "results.json")
     if not os.path.isfile(results_path) and res["recommender"]:
@@ -299,8 +294,6 @@ def render(workdir: str) -> str:
             "result of learning from recruiter feedback.",
         ]
     if over is not None:
-        from girl_jax import overopt
-
         out += [
             "## PPO reward over-optimisation",
             "",
@@ -312,8 +305,6 @@ def render(workdir: str) -> str:
         ]
     gen_path = os.path.join(workdir, "generated", "generated.parquet")
     if os.path.isfile(gen_path):
-        import pandas as pd
-
         g = pd.read_parquet(gen_path).head(3)
         out += ["## Generated JDs", ""]
         for _, row in g.iterrows():

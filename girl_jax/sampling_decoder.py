@@ -9,15 +9,17 @@ import types
 from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
+from flax import nnx
 
 from girl_jax.errors import ConfigError
+from girl_jax.models import decoder as decoder_mod
+from girl_jax.models.decoder import DecoderConfig
 
 if TYPE_CHECKING:  # annotations only: girl_jax.sampling imports this module
     from girl_jax.sampling import InitCacheFn, StepFn
 
 
 def _find_decoder_config(graphdef):
-    from girl_jax.models.decoder import DecoderConfig
 
     # The NNX graphdef keeps static attributes as (name, Static(value)) pairs.
     for _, attr in getattr(graphdef, "attributes", ()):
@@ -35,10 +37,6 @@ def decoder_fns(graphdef, decoder_config=None, cache_dtype=None) -> tuple[StepFn
     `params` given to `step_fn` is the state from ``nnx.split(model)`` (or a tuple of states,
     merged in order). The cache is the decoder's own (``Transformer.init_cache``).
     """
-    from flax import nnx
-
-    from girl_jax.models import decoder as decoder_mod
-
     dcfg = decoder_config or _find_decoder_config(graphdef)
 
     def step_fn(params, ids_BxT, kv_mask_BxS, positions_BxT, cache):

@@ -53,7 +53,17 @@ import re
 import time
 from collections.abc import Sequence
 
+import jax
+from rich.console import Console
+from rich.markup import escape
+
+from girl_jax import checkpoint, sweep_vmap
+from girl_jax.checkpoint import write_json_atomic
+from girl_jax.configuration import apply_override, validate
 from girl_jax.errors import CheckpointError, ConfigError
+from girl_jax.parallel import distributed
+from girl_jax.pipeline import preflight
+from girl_jax.stages import ppo
 from girl_jax.sweep_table import (  # noqa: F401  (re-exported: girl_jax.sweep.build_table etc.)
     METRICS,
     _read_json,
@@ -183,8 +193,6 @@ class Cell:
 
 def cell_config(config, params: Sequence[tuple[str, str]], seed: int):
     """A copy of `config` with each `key=value` and `seed=SEED` applied as CLI overrides."""
-    from girl_jax.configuration import apply_override, validate
-
     cell = copy.deepcopy(config)
     for key, value in params:
         apply_override(cell, f"{key}={value}")
@@ -195,8 +203,6 @@ def cell_config(config, params: Sequence[tuple[str, str]], seed: int):
 
 def plan(config, grid, seeds) -> list[Cell]:
     """Every cell, its config built and checked (PPO settings, mesh) before anything runs."""
-    from girl_jax.pipeline import preflight
-
     cells, seen = [], {}
     for values in itertools.product(*[v for _, v in grid]):
         params = tuple(zip([k for k, _ in grid], values))
@@ -216,8 +222,6 @@ def plan(config, grid, seeds) -> list[Cell]:
 
 def check_workdir(workdir: str) -> None:
     """CheckpointError (one line) unless W's data, sft and reward stages have final markers."""
-    from girl_jax import checkpoint
-
     for stage in SHARED_STAGES:
         if not checkpoint.is_final(os.path.join(workdir, stage)):
             raise CheckpointError(
@@ -274,15 +278,6 @@ def run(
     vmap: bool = False,
 ) -> dict:
     """Run (or resume) the sweep; returns table.json's content. See the module docstring."""
-    import jax
-    from rich.console import Console
-    from rich.markup import escape
-
-    from girl_jax import checkpoint
-    from girl_jax.checkpoint import write_json_atomic
-    from girl_jax.parallel import distributed
-    from girl_jax.stages import ppo
-
     workdir = os.path.abspath(workdir)
     grid = parse_grid(grid_items)
     seed_list = parse_seeds(seeds, config.seed)
@@ -322,8 +317,6 @@ def run(
             write_outputs(sweep_dir, build_table(name, workdir, grid, seed_list, cells))
 
     if vmap:  # cells that differ only in traced settings: one vmapped program per group
-        from girl_jax import sweep_vmap
-
         for g, group in enumerate(sweep_vmap.groups(cells), 1):
             todo = [c for c in group if not checkpoint.is_final(c.ppo_dir)]
             tag = escape(f"sweep {name}: group {g} ({len(group)} cells, vmapped)")

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from girl_jax import atomic
+from girl_jax import atomic, checkpoint, overopt
+from girl_jax.checkpoint import write_json_atomic
+from girl_jax.metrics import read_metrics
 
 if TYPE_CHECKING:
     from girl_jax.sweep import Cell
@@ -62,8 +64,6 @@ def _diff(a, b):
 
 def cell_result(cell: Cell) -> dict | None:
     """The finished cell's numbers (None while it has no PPO final marker)."""
-    from girl_jax import checkpoint
-
     if not checkpoint.is_final(cell.ppo_dir):
         return None
     ev = _read_json(os.path.join(cell.ppo_dir, "eval.json"))
@@ -79,9 +79,6 @@ def cell_result(cell: Cell) -> dict | None:
 
 
 def _curve(cell: Cell) -> dict:
-    from girl_jax import overopt
-    from girl_jax.metrics import read_metrics
-
     return overopt.curve_from_metrics(read_metrics(cell.ppo_dir))
 
 
@@ -91,8 +88,6 @@ def _label(point) -> str:
 
 def build_table(name: str, workdir: str, grid, seeds, cells: Sequence[Cell]) -> dict:
     """table.json's content: one row per grid point (finished seeds aggregated) and every cell."""
-    from girl_jax import overopt
-
     rows, cell_rows = [], []
     points = list(dict.fromkeys(c.point for c in cells))
     for point in points:
@@ -176,16 +171,12 @@ def table_markdown(table: dict) -> str:
 
 
 def write_outputs(sweep_dir: str, table: dict) -> None:
-    from girl_jax.checkpoint import write_json_atomic
-
     write_json_atomic(os.path.join(sweep_dir, "table.json"), table)
     atomic.write_text(os.path.join(sweep_dir, "table.md"), table_markdown(table))
 
 
 def plot_sweep(sweep_dir: str, name: str, cells: Sequence[Cell]) -> str | None:
     """overoptimisation.png: one seed-averaged curve per grid point with a finished seed."""
-    from girl_jax import checkpoint, overopt
-
     curves = {}
     for point in dict.fromkeys(c.point for c in cells):
         done = [c for c in cells if c.point == point and checkpoint.is_final(c.ppo_dir)]

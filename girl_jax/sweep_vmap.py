@@ -27,15 +27,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from girl_jax import checkpoint as ckpt_mod
+from girl_jax import metrics as metrics_mod
+from girl_jax import report
+from girl_jax.data import batches, pipeline, prepare
 from girl_jax.errors import ConfigError
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.parallel import state as state_mod
+from girl_jax.stages import common, ppo, ppo_eval, ppo_rewards, ppo_step
+from girl_jax.stages.ppo_step import TRACED_KEYS
 
 # ---------------------------------------------------------------- grouping
 
 
 def static_signature(cell) -> str:
     """The cell's config with the traced PPO keys and the seed taken out (JSON)."""
-    from girl_jax.stages.ppo_step import TRACED_KEYS
-
     c = json.loads(cell.config.to_json_best_effort())
     c.pop("seed", None)
     for key in TRACED_KEYS:
@@ -75,30 +82,18 @@ def cell_sharding(sharding):
 
 def run_group(cells, console=None) -> float:
     """Train every cell of one group side by side; returns the group's wall time in seconds."""
-    from girl_jax import checkpoint as ckpt_mod
-
     config = cells[0].config
     if jax.process_count() > 1:
         raise ConfigError("girl sweep --vmap runs on one process; drop --vmap on multi-host")
     todo = [c for c in cells if not ckpt_mod.is_final(c.ppo_dir)]
     if not todo:
         return 0.0
-    from girl_jax.stages import common
 
     with common.activate_rules(config):
         return _run_group(todo, console)
 
 
 def _run_group(cells, console) -> float:
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax import metrics as metrics_mod
-    from girl_jax import report
-    from girl_jax.data import batches, pipeline, prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-    from girl_jax.stages import common, ppo, ppo_eval, ppo_rewards, ppo_step
-
     t0 = time.time()
     C = len(cells)
     config = cells[0].config

@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any
 
+import jax
+
 from girl_jax.errors import ConfigError
 
 
@@ -74,13 +76,11 @@ class WandbWriter:
 
 def from_config(config, stage: str, workdir: str) -> WandbWriter | None:
     """A writer for `stage` when `config.wandb.enabled`, else None (no wandb import)."""
-    import jax
-
     opts = config.get("wandb") if hasattr(config, "get") else None
     if not opts or not opts.get("enabled", False) or jax.process_index() != 0:
         return None
     try:
-        import wandb
+        import wandb  # optional: wandb
     except ImportError as exc:
         raise ConfigError(
             "config.wandb.enabled is true but wandb is not installed "

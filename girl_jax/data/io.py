@@ -136,8 +136,8 @@ def _check_header(header: list[str], where: str) -> None:
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # heavy: pyarrow, only for Parquet files
+    import pyarrow.parquet as pq  # heavy: pyarrow, only for Parquet files
 
     try:
         table = pq.read_table(path)
@@ -216,8 +216,8 @@ def records_to_dataset(records: list[dict], fingerprint: str | None = None):
     data for a fingerprint: 5x slower on 100k rows); `fingerprint` names this content for the
     `datasets` transform cache, a random one is used when None.
     """
-    import datasets
-    import pyarrow as pa
+    import datasets  # heavy: datasets, only when a Dataset is asked for
+    import pyarrow as pa  # heavy: pyarrow, only for Parquet files
 
     columns = ["cv", "jd", "label"] + [
         name for name in OPTIONAL_FIELDS if any(r.get(name) is not None for r in records)
@@ -298,7 +298,7 @@ def summarize(ds) -> dict:
 
 
 def _to_arrow(data):
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: pyarrow, only for Parquet files
 
     if isinstance(data, pa.Table):
         return data
@@ -320,7 +320,7 @@ def write_parquet_atomic(data, path) -> Path:
     The table goes to a temporary file in the target directory, is fsynced, then renamed over
     `path` (`girl_jax.atomic`), so a reader sees the old file or the new one.
     """
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy: pyarrow, only for Parquet files
 
     table = _to_arrow(data)
     path = Path(path)

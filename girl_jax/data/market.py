@@ -228,7 +228,7 @@ class Market:
     @functools.cached_property
     def interactions(self):
         """datasets.Dataset with seeker_id, job_id, cv, jd, label, split (built on first use)."""
-        import datasets  # heavy import, only when the table is asked for
+        import datasets  # heavy: datasets, only when a Dataset is asked for
 
         p = self.pairs
         features = datasets.Features(
@@ -296,8 +296,8 @@ class Market:
 
     def to_parquet(self, directory: str) -> None:
         """Writes interactions / seekers (with cv) / jobs (with jd) .parquet and config.json."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # heavy: pyarrow, only for Parquet files
+        import pyarrow.parquet as pq  # heavy: pyarrow, only for Parquet files
 
         os.makedirs(directory, exist_ok=True)
         self.interactions.to_parquet(os.path.join(directory, "interactions.parquet"))

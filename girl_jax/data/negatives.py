@@ -84,7 +84,7 @@ def corrupt(market, seeker_ids, job_ids, seed: int) -> tuple[list[str], list[str
 
 def augment(train_df, market, fraction: float, seed: int):
     """`train_df` plus `fraction` x (its positives) synthetic negatives (label 0), shuffled in."""
-    import pandas as pd
+    import pandas as pd  # heavy: pandas, only on this path
 
     pos = train_df[train_df["label"] == 1]
     n = int(round(fraction * len(pos)))

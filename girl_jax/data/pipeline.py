@@ -12,6 +12,7 @@ exactly the batches the saved one would have produced.
 """
 
 import grain
+import jax
 import numpy as np
 
 from girl_jax.errors import ConfigError, DataError
@@ -50,8 +51,6 @@ def make_iterator(
       prefetch: batches prepared ahead by background threads (0: none).
     """
     if shard_index is None or shard_count is None:
-        import jax
-
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count
     if not 0 <= shard_index < shard_count:

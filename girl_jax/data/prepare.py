@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from girl_jax.checkpoint import read_final, write_json_atomic
+from girl_jax.data import io, market
+from girl_jax.data.tokenizer import Tokenizer
 from girl_jax.errors import DataError
 
 SPLITS = ("train", "validation", "test", "cold_start")
@@ -50,10 +53,6 @@ def _assign_splits(df, seed: int):
 
 def prepare(config, workdir: str) -> dict:
     """Write WORKDIR/data once; a rerun with the final marker present does nothing."""
-    from girl_jax.checkpoint import write_json_atomic
-    from girl_jax.data import io
-    from girl_jax.data.tokenizer import Tokenizer
-
     data_dir = os.path.join(workdir, "data")
     final = os.path.join(data_dir, "final.json")
     if os.path.isfile(final):
@@ -62,8 +61,6 @@ def prepare(config, workdir: str) -> dict:
     os.makedirs(data_dir, exist_ok=True)
     info: dict = {"source": config.data.source}
     if config.data.source == "market":
-        from girl_jax.data import market
-
         m = market.generate(**_market_kwargs(config))
         df = m.interactions.to_pandas()
         info["market"] = m.summary()
@@ -130,10 +127,7 @@ _CACHE: dict = {}
 
 def load(workdir: str) -> WorkdirData:
     """Read WORKDIR/data (written by `prepare`); the market is regenerated from its seed."""
-    import pandas as pd
-
-    from girl_jax.checkpoint import read_final
-    from girl_jax.data.tokenizer import Tokenizer
+    import pandas as pd  # heavy: pandas, only on this path
 
     data_dir = os.path.join(workdir, "data")
     info = read_final(data_dir, "data")
@@ -144,8 +138,6 @@ def load(workdir: str) -> WorkdirData:
     tok = Tokenizer.load(data_dir)
     m = None
     if info.get("source") == "market":
-        from girl_jax.data import market
-
         m = market.generate(**info["market_config"])
     out = WorkdirData(df, tok, m, info)
     _CACHE.clear()

@@ -14,6 +14,7 @@ from flax import nnx
 
 from girl_jax.models.layers import LayerNorm, Linear, RMSNorm
 from girl_jax.models.lora import LoRALinear
+from girl_jax.parallel.rules import constrain as _constrain
 
 if TYPE_CHECKING:  # annotations only: decoder imports this module
     from girl_jax.models.decoder import DecoderConfig
@@ -171,8 +172,6 @@ ACTIVATION_AXES = ("batch", "length", "embed")
 
 def constrain(x, axes):
     """Sharding constraint by logical names when a mesh is active (no-op otherwise)."""
-    from girl_jax.parallel.rules import constrain as _constrain
-
     return _constrain(x, axes)
 
 

@@ -7,6 +7,7 @@ layout, so Llama q / k need no permutation.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from flax import nnx
 
 from girl_jax.errors import ConfigError, ModelError
 from girl_jax.models.decoder import Decoder, DecoderConfig
+from girl_jax.models.lora import BASE_PARAMS, merge_lora
 
 Path = tuple[Any, ...]
 GPT2_ACTIVATIONS = {
@@ -207,8 +209,6 @@ def _prefix(cfg: DecoderConfig, names) -> str:
 
 def _expected_shapes(cfg: DecoderConfig) -> dict[Path, tuple[int, ...]]:
     """Per-layer parameter paths and shapes of a Decoder built from `cfg` (no LoRA, unscanned)."""
-    import dataclasses
-
     plain = dataclasses.replace(cfg, scan_layers=False, lora_rank=0)
     model = nnx.eval_shape(lambda: Decoder(plain, rngs=nnx.Rngs(0)))
     return {tuple(p): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -278,8 +278,6 @@ def flat_params(model: nnx.Module) -> dict[Path, np.ndarray]:
 
 def load_params(model: nnx.Module, flat: dict[Path, np.ndarray]) -> nnx.Module:
     """Writes per-layer params into `model` (stacking them when layers are scanned)."""
-    from girl_jax.models.lora import BASE_PARAMS
-
     cfg = model.cfg
     state = nnx.state(model, BASE_PARAMS)
     for path, var in nnx.to_flat_state(state):
@@ -311,8 +309,6 @@ def decoder_from_hf(
 
 def decoder_to_hf(model: nnx.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(config.json dict, tensors) for a Decoder; LoRA adapters are merged first."""
-    from girl_jax.models.lora import merge_lora
-
     if not isinstance(model, Decoder):
         raise ModelError(f"save_pretrained: expected a Decoder, got {type(model).__name__}")
     model = merge_lora(model)

@@ -16,10 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 
 from girl_jax.errors import ModelError
+from girl_jax.models import hf_bert
+from girl_jax.models.hf_decoder import decoder_from_hf, decoder_to_hf
 
 DECODER_TYPES = {"gpt2", "llama"}
 DECODER_ARCHITECTURES = {
@@ -43,8 +47,6 @@ _SAFETENSORS_DTYPES = {
 
 def _read_raw_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Parses the safetensors layout directly: numpy has no bfloat16, ml_dtypes does."""
-    import ml_dtypes
-
     dtypes = dict(_SAFETENSORS_DTYPES, BF16=ml_dtypes.bfloat16)
     data = path.read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -64,8 +66,6 @@ def _read_raw_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of one .safetensors file as numpy arrays (bfloat16 becomes float32)."""
-    import safetensors.numpy
-
     path = Path(path)
     try:
         return safetensors.numpy.load_file(str(path))
@@ -131,8 +131,6 @@ def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None, **over
     if not directory.is_dir():
         raise ModelError(f"{directory}: not a directory")
     if _is_bert(directory):
-        from girl_jax.models import hf_bert
-
         return hf_bert.load_bert(str(directory), dtype=dtype)
     hf = read_config(directory)
     archs = hf.get("architectures") or []
@@ -144,7 +142,6 @@ def from_pretrained(path: str | os.PathLike, *, dtype: str | None = None, **over
             f"{archs or hf.get('model_type')!r}; supported: "
             f"{sorted(DECODER_ARCHITECTURES)} and BERT"
         )
-    from girl_jax.models.hf_decoder import decoder_from_hf
 
     if dtype is not None:
         overrides["dtype"] = dtype
@@ -160,13 +157,7 @@ def save_pretrained(model: nnx.Module, path: str | os.PathLike, tokenizer=None) 
     never half of one. LoRA adapters are merged into the weights first. `tokenizer` is
     anything with `.save(file)` (a `tokenizers.Tokenizer`).
     """
-    import safetensors.numpy
-
-    from girl_jax.models.hf_decoder import decoder_to_hf
-
     if type(model).__name__ == "BertEncoder":
-        from girl_jax.models import hf_bert
-
         return Path(hf_bert.save_bert(model, str(path), tokenizer=tokenizer))
     config, tensors = decoder_to_hf(model)
     path = Path(path)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+from jax._src import distributed as _dist
 
 from girl_jax.errors import DistributedError
 
@@ -70,8 +71,6 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 
 def is_initialized() -> bool:
-    from jax._src import distributed as _dist  # no public accessor in jax 0.10
-
     return _dist.global_state.client is not None
 
 
@@ -145,7 +144,6 @@ def barrier(name: str, timeout_s: float = 300.0) -> None:
     """Blocks until every process reaches `name`; DistributedError after `timeout_s`."""
     if jax.process_count() == 1 or not is_initialized():
         return
-    from jax._src import distributed as _dist
 
     # Barrier ids must be unique per use; the counter advances identically on every process.
     barrier_id = f"girl:{name}:{next(_barrier_counter)}"

@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from girl_jax.errors import ConfigError
+from girl_jax.models.decoder import Decoder, DecoderConfig
 from girl_jax.parallel.mesh import check_batch, make_mesh
 from girl_jax.parallel.plan_render import format_plan_table, largest_arrays, plan_to_json
 from girl_jax.parallel.plan_targets import (
@@ -189,8 +190,6 @@ def decoder_fn(model_cfg: Any, vocab_size: int = 0) -> Callable[[nnx.Rngs], nnx.
     As in the config files, 0 means "derived": num_kv_heads / mlp_dim take the family
     default and vocab_size takes `vocab_size` (the tokenizer's).
     """
-    from girl_jax.models.decoder import Decoder, DecoderConfig
-
     if not isinstance(model_cfg, DecoderConfig):
         fields = {f.name for f in dataclasses.fields(DecoderConfig)}
         values = dict(model_cfg.items() if hasattr(model_cfg, "items") else vars(model_cfg))

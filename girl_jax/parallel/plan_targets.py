@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import re
 from collections.abc import Sequence
@@ -117,8 +118,6 @@ def gpu_memory_bytes(generation: str) -> int:
 
 def gpu_compiler_available() -> bool:
     """Whether JAX's CUDA plugin (the GPU compiler, `[gpu-plan]` extra) is importable."""
-    import importlib.util
-
     try:
         return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
     except (ImportError, ValueError):
@@ -166,7 +165,7 @@ def topology_devices(name: str, *, num_slices: int = 1) -> list[Any]:
                 raise ConfigError(f"topology {name!r}: only {len(devices)} local devices")
             devices = devices[: topo.dims[0]]
         return list(devices)
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # TPU/GPU AOT plans only (device plugins)
 
     if topo.kind == "gpu":
         target_config = gpu_target_config(topo.generation)

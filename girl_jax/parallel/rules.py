@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from girl_jax.errors import ConfigError
@@ -155,7 +156,6 @@ def variable_logical_spec(variable: Any) -> PartitionSpec:
 
 def logical_specs(state: Any) -> Any:
     """Same structure as an nnx.State, each Variable holding its logical PartitionSpec."""
-    from flax import nnx
 
     def to_spec(x: Any) -> Any:
         if isinstance(x, nnx.Variable):

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import optax
 
 from girl_jax.errors import ConfigError, NumericsError
+from girl_jax.models.decoder import DecoderConfig
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
 
 
 def decoder_config(config, vocab_size: int):
     """The DecoderConfig of a run from `config.model` (0 means: derived / family default)."""
-    from girl_jax.models.decoder import DecoderConfig
-
     m = config.model
     kwargs = dict(
         family=m.family,
@@ -137,8 +138,5 @@ def fresh_copy(tree, shardings):
 
 def activate_rules(config):
     """The config's mesh + logical rules, active while steps are traced (block constraints)."""
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-
     mesh = mesh_mod.make_mesh(config.mesh)
     return rules_mod.activate(mesh, rules_mod.normalize_rules(config.logical_axis_rules))

@@ -14,7 +14,13 @@ import jax
 import numpy as np
 import pandas as pd
 
-from girl_jax.stages import common
+from girl_jax import checkpoint as ckpt_mod
+from girl_jax.checkpoint import read_final
+from girl_jax.data import io, prepare
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.stages import common, ppo, sft
+from girl_jax.stages.generation import Generator, best_of_n, reward_scorer
 
 
 def all_seekers(data) -> pd.DataFrame:
@@ -23,13 +29,6 @@ def all_seekers(data) -> pd.DataFrame:
 
 
 def run(config, workdir: str) -> dict:
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax.data import io, prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.stages import ppo, sft
-    from girl_jax.stages.generation import Generator
-
     out_dir = common.stage_dir(workdir, "generated")
     final_path = os.path.join(out_dir, "final.json")
     if os.path.isfile(final_path):
@@ -77,8 +76,6 @@ def run(config, workdir: str) -> dict:
     if best_of > 0:  # baseline: best of n SFT samples by the reward model
         part = os.path.join(out_dir, f"jd_bon{best_of}.parquet")
         if not os.path.isfile(part):
-            from girl_jax.stages.generation import best_of_n, reward_scorer
-
             graphdef, params = generators["sft"]()
             gen = Generator.from_config(
                 graphdef,
@@ -121,7 +118,5 @@ def run(config, workdir: str) -> dict:
 
 
 def load(workdir: str) -> pd.DataFrame:
-    from girl_jax.checkpoint import read_final
-
     read_final(os.path.join(workdir, "generated"), "generated")
     return pd.read_parquet(os.path.join(workdir, "generated", "generated.parquet"))

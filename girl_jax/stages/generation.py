@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
+
+from girl_jax import sampling
+from girl_jax.data import batches
+from girl_jax.data import market as market_mod
+from girl_jax.stages.ppo_forward import sequence_scores
+from girl_jax.stages.reward_step import load_final_params
+from girl_jax.stages.scoring import score_dataset
 
 
 class Generator:
@@ -25,8 +34,6 @@ class Generator:
         no_repeat_ngram_size: int = 0,
         batch_size: int = 64,
     ):
-        from girl_jax import sampling
-
         self.tokenizer = tokenizer
         self.params = params
         self.max_prompt_len = max_prompt_len
@@ -65,8 +72,6 @@ class Generator:
         )
 
     def encode(self, cvs):
-        from girl_jax.data import batches
-
         return batches.encode_prompts(self.tokenizer, list(cvs), max_prompt_len=self.max_prompt_len)
 
     def sample_arrays(self, ids, mask, rng):
@@ -75,8 +80,6 @@ class Generator:
 
     def generate(self, cvs, rng) -> list[str]:
         """JD texts for `cvs`, in order; the last batch is padded so shapes never change."""
-        from girl_jax.data import batches
-
         cvs = list(cvs)
         if not cvs:
             return []
@@ -100,7 +103,6 @@ def score_texts(market, seeker_ids, texts) -> dict[str, float]:
     """True match rate (oracle) and parse rate of generated JDs; empty when there is no oracle."""
     if market is None or not len(texts):
         return {}
-    from girl_jax.data import market as market_mod
 
     true = market.true_match(np.asarray(seeker_ids), list(texts))
     parsed = [market_mod.parse_jd(t) for t in texts]
@@ -126,13 +128,7 @@ def best_of_n(gen: Generator, score_fn, cvs, n: int, rng):
 
 def reward_scorer(workdir: str, config, tokenizer):
     """`(cvs, jds) -> RM scores [B]` with the final reward model, batched (host arrays)."""
-    import functools
-
-    from girl_jax.data import batches
-    from girl_jax.stages import reward
-    from girl_jax.stages.ppo_step import sequence_scores
-
-    graphdef, params = reward.load_final_params(workdir, config, tokenizer.vocab_size)
+    graphdef, params = load_final_params(workdir, config, tokenizer.vocab_size)
     fn = jax.jit(functools.partial(sequence_scores, graphdef))
     max_len = config.sft.max_prompt_len + config.ppo.max_new_tokens
 
@@ -140,6 +136,6 @@ def reward_scorer(workdir: str, config, tokenizer):
         enc = batches.encode_reward(
             tokenizer, list(cvs), list(jds), [0] * len(jds), max_len=max_len
         )
-        return reward.score_dataset(fn, params, enc, 64)
+        return score_dataset(fn, params, enc, 64)
 
     return score

@@ -11,13 +11,17 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from girl_jax.errors import ConfigError
+from girl_jax.models.decoder import Decoder
+from girl_jax.models.heads import ScalarHead, ScoreModel
 from girl_jax.parallel import plan as plan_mod
-from girl_jax.parallel import plan_targets
+from girl_jax.parallel import plan_search, plan_targets
 from girl_jax.parallel.rules import replicated
 from girl_jax.parallel.state import abstract_train_state, batch_sharding
-from girl_jax.stages import common
+from girl_jax.rl import kl as kl_mod
+from girl_jax.stages import common, ppo, ppo_step, reward, sft
 
 
 def _vocab(config) -> int:
@@ -34,15 +38,11 @@ def _tokens(shape, mesh, dtype=jnp.int32):
 
 
 def _decoder_fn(config):
-    from girl_jax.models.decoder import Decoder
-
     mcfg = common.decoder_config(config, _vocab(config))
     return mcfg, (lambda rngs: Decoder(mcfg, rngs=rngs))
 
 
 def build_sft(config, mesh, rules) -> plan_mod.PlannedStep:
-    from girl_jax.stages import sft
-
     c = config.sft
     _, model_fn = _decoder_fn(config)
     tx = common.make_optimizer(
@@ -67,8 +67,6 @@ def build_sft(config, mesh, rules) -> plan_mod.PlannedStep:
 
 
 def build_reward(config, mesh, rules) -> plan_mod.PlannedStep:
-    from girl_jax.stages import reward
-
     cfg = reward.RewardConfig.from_config(config.reward)
     tx = reward.make_tx(cfg)
     _, model_fn = reward.build_model_fn(config, _vocab(config), config.seed)
@@ -104,8 +102,6 @@ class _PlanTokenizer:
 
 def _abstract_params(model_fn, mesh, rules):
     """(graphdef, params, param shardings) of a frozen role: no optimizer state."""
-    import optax
-
     graph, state, sh, _ = abstract_train_state(
         model_fn, optax.set_to_zero(), mesh, rules, rng=_key(mesh)
     )
@@ -120,10 +116,6 @@ def ppo_model_fns(config, vocab_size: int) -> dict:
     (`reward.build_model_fn`), so the configured head (`reward.head`, e.g. attn_mlp) is the one
     planned.
     """
-    from girl_jax.models.decoder import Decoder
-    from girl_jax.models.heads import ScalarHead, ScoreModel
-    from girl_jax.stages import reward
-
     mcfg = common.decoder_config(config, vocab_size)
     if config.ppo.critic == "value_head":
         critic_fn = lambda rngs: ScalarHead(mcfg.d_model, rngs=rngs)  # noqa: E731
@@ -135,10 +127,6 @@ def ppo_model_fns(config, vocab_size: int) -> dict:
 
 def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
     """A whole PPO iteration: sampling + RM + reference + critic + epochs x minibatches."""
-    from girl_jax.rl import kl as kl_mod
-    from girl_jax.stages import ppo, ppo_step
-    from girl_jax.stages import reward as reward_mod
-
     cfg = ppo.PPOConfig.from_config(config.ppo)
     fns = ppo_model_fns(config, _vocab(config))
     updates = cfg.iterations * cfg.epochs * cfg.minibatches
@@ -179,7 +167,7 @@ def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
     ensemble = ensemble_sh = None
     if any(t.kind == "ensemble" for t in cfg.reward_terms):
         size = int(config.reward.get("ensemble_size", 0) or 0)
-        ensemble = reward_mod._abstract_heads(config, _vocab(config), size, sharding=rep)
+        ensemble = reward._abstract_heads(config, _vocab(config), size, sharding=rep)
         ensemble_sh = jax.tree.map(lambda _: rep, ensemble)
     # The reference is the SFT decoder (the actor's shape, params only); the reward model is
     # the reward stage's model with its configured head.
@@ -225,8 +213,6 @@ def stage_steps(names=("sft", "reward", "ppo")) -> dict[str, plan_mod.StepSpec]:
 
 def plan(config: ml_collections.ConfigDict, topology: str, names=("sft", "reward", "ppo")):
     """Rows of `girl plan`; `auto:GEN` searches the smallest slice of GEN that fits."""
-    from girl_jax.parallel import plan_search
-
     if plan_targets.parse_topology(topology).kind == "auto":
         return plan_search.smallest_slice(config, topology, stage_steps(names))
     return plan_mod.plan_config(config, topology, stage_steps(names))

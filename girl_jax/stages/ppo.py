@@ -19,11 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from girl_jax import preemption, wandb_writer
+from girl_jax import checkpoint as ckpt_mod
+from girl_jax import metrics as metrics_mod
+from girl_jax import preemption, report, sampling, wandb_writer
+from girl_jax.data import batches, pipeline, prepare
 from girl_jax.errors import ConfigError
+from girl_jax.models.decoder import Decoder
+from girl_jax.models.heads import ScalarHead, ScoreModel, transplant_trunk
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.parallel import state as state_mod
+from girl_jax.parallel.rules import replicated
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import registry
-from girl_jax.stages import common, ppo_eval, ppo_rewards
+from girl_jax.stages import common, ppo_eval, ppo_rewards, reward, sft
 from girl_jax.stages.ppo_step import (
     Frozen,
     Graphs,
@@ -112,7 +121,6 @@ class PPOConfig:
                 "config.ppo.critic must be separate (a critic initialised from the RM) or "
                 "value_head (a value head on the policy trunk)"
             )
-        from girl_jax.stages import ppo_rewards
 
         ppo_rewards.parse(self.reward)  # ConfigError naming the bad term
         if self.ensemble_agg not in ("mean", "min", "mean_minus_std"):
@@ -141,8 +149,6 @@ class PPOConfig:
 
     @functools.cached_property
     def reward_terms(self):
-        from girl_jax.stages import ppo_rewards
-
         return ppo_rewards.parse(self.reward)
 
     @classmethod
@@ -159,8 +165,6 @@ class PPOConfig:
 
 
 def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
-    from girl_jax import sampling
-
     return sampling.SamplingConfig(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
@@ -177,11 +181,6 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
 
 def build(config, workdir: str, data, mesh, rules):
     """Everything PPO holds: graphs, the initial state, frozen roles, optimizers, shardings."""
-    from girl_jax.models.decoder import Decoder
-    from girl_jax.models.heads import ScalarHead, ScoreModel, transplant_trunk
-    from girl_jax.parallel import state as state_mod
-    from girl_jax.stages import reward, sft
-
     cfg = PPOConfig.from_config(config.ppo)
     tok = data.tokenizer
     mcfg = common.decoder_config(config, tok.vocab_size)
@@ -228,7 +227,6 @@ def build(config, workdir: str, data, mesh, rules):
         iteration=jnp.zeros((), jnp.int32),
         hyper=init_hyper(cfg),
     )
-    from girl_jax.parallel.rules import replicated
 
     rep = replicated(mesh)
     shardings = PPOState(
@@ -254,13 +252,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config, workdir: str) -> dict:
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax import metrics as metrics_mod
-    from girl_jax.data import batches, pipeline, prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-
     out_dir = common.stage_dir(workdir, "ppo")
     if ckpt_mod.is_final(out_dir):
         return json.load(open(os.path.join(out_dir, "eval.json")))
@@ -376,7 +367,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     result = ppo_eval.result(cfg, out_dir, start_eval, last_eval)
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
-        from girl_jax import report
 
         report.plot_ppo(out_dir)
     ckpt.mark_final(cfg.iterations)
@@ -388,8 +378,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 def load_final_actor(workdir: str, config, data, mesh, rules):
     """(graphdef, params) of the final PPO actor: only the actor's parameters are read, so
     checkpoints of other PPO state layouts (critic kinds, optimizers, earlier versions) load."""
-    from girl_jax import checkpoint as ckpt_mod
-
     _, graphs, state, _, _, _ = build(config, workdir, data, mesh, rules)
     abstract = {"actor": {"params": ckpt_mod.abstract_like(state.actor.params)}}
     restored, _, _ = ckpt_mod.restore_final_state(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 from flax import nnx
 
+from girl_jax.models.heads import sequence_score
 from girl_jax.rl import losses as loss_mod
 
 if TYPE_CHECKING:  # annotations only: ppo_step imports this module
@@ -51,8 +52,6 @@ def response_logits_and_values(graphs: Graphs, actor_params, head_params, ids, m
 
 def sequence_scores(graphdef, params, ids, mask, response_mask=None):
     """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
-    from girl_jax.models.heads import sequence_score
-
     return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 

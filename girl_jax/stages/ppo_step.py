@@ -21,11 +21,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from girl_jax import sampling
 from girl_jax.rl import advantages as adv_mod
+from girl_jax.rl import ensemble as ens_mod
+from girl_jax.rl import filters, registry, shaping
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import losses as loss_mod
-from girl_jax.rl import registry, shaping
-from girl_jax.stages import common
+from girl_jax.stages import common, ppo_rewards
+from girl_jax.stages import reward as reward_mod
 from girl_jax.stages.ppo_forward import (  # noqa: F401 (re-exported: they lived here)
     explained_variance,
     response_logits,
@@ -103,8 +106,6 @@ class Graphs:
 
 def sample_responses(actor_params, batch, rng, *, graphs: Graphs, scfg):
     """JDs sampled from the actor for a batch of CVs: `sampling.SampleOutput`."""
-    from girl_jax import sampling
-
     step_fn, init_cache_fn = sampling.decoder_fns(graphs.actor)
     return sampling.sample(
         step_fn, init_cache_fn, actor_params, batch["prompt_ids"], batch["prompt_mask"], rng, scfg
@@ -113,8 +114,6 @@ def sample_responses(actor_params, batch, rng, *, graphs: Graphs, scfg):
 
 def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: PPOConfig):
     """The on-device reward terms per sequence: (weighted sum [B], {stat name: [B]})."""
-    from girl_jax.stages import ppo_rewards
-
     terms = cfg.reward_terms
     total = jnp.zeros(ids.shape[:1], jnp.float32)
     parts = {}
@@ -125,9 +124,6 @@ def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: 
         parts["proxy_reward"] = sequence_scores(graphs.reward, frozen.reward, ids, mask, resp_full)
         total = total + w_model * parts["proxy_reward"]
     if any(t.kind == "ensemble" for t in terms):
-        from girl_jax.rl import ensemble as ens_mod
-        from girl_jax.stages import reward as reward_mod
-
         members_KxB = reward_mod.ensemble_scores(
             graphs.reward, frozen.reward, frozen.ensemble, ids, mask, resp_full
         )
@@ -186,7 +182,6 @@ def score_rollout(
         score = shaping.whiten_scores(score)
     if cfg.dynamic_sampling:
         # DAPO: groups whose samples all scored the same carry no signal; drop them from the loss.
-        from girl_jax.rl import filters
 
         keep_B = filters.groups_with_signal(score, cfg.group_size)
         resp_mask = resp_mask * keep_B[:, None]

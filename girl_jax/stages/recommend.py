@@ -27,8 +27,15 @@ import numpy as np
 
 from girl_jax import atomic
 from girl_jax import checkpoint as ckpt_mod
+from girl_jax.data import prepare
+from girl_jax.data.tokenizer import Tokenizer
 from girl_jax.errors import ConfigError
-from girl_jax.stages import common, recommend_fit
+from girl_jax.models import hf_bert
+from girl_jax.models.bert import BertConfig
+from girl_jax.models.predictors import DotPredictor, MLPPredictor, Recommender
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.stages import common, generate, recommend_fit
 
 FEATURE_SETS = {"Base": (), "GIRL-SFT": ("jd_sft",), "GIRL": ("jd_ppo",)}
 MODES = ("frozen_encoder", "end_to_end")
@@ -112,14 +119,9 @@ def encode_table(tok, texts, max_len: int):
 
 def _encoder(cfg: RecommendConfig, vocab_size: int):
     """(BertConfig, pretrained encoder or None, tokenizer override or None)."""
-    from girl_jax.models.bert import BertConfig
-
     enc = cfg.encoder
     init_from = enc.get("init_from", "")
     if init_from:
-        from girl_jax.data.tokenizer import Tokenizer
-        from girl_jax.models import hf_bert
-
         path = hf_bert.minilm_path() if init_from == "minilm" else init_from
         if not path:
             raise ConfigError(
@@ -148,8 +150,6 @@ def _encoder(cfg: RecommendConfig, vocab_size: int):
 
 
 def _recommender_fn(cfg: RecommendConfig, bcfg, pretrained, predictor: str, num_inputs: int):
-    from girl_jax.models.predictors import Recommender
-
     def model_fn(rngs):
         return Recommender(
             bcfg,
@@ -165,8 +165,6 @@ def _recommender_fn(cfg: RecommendConfig, bcfg, pretrained, predictor: str, num_
 
 
 def _head_fn(cfg: RecommendConfig, dim: int, predictor: str, num_inputs: int):
-    from girl_jax.models.predictors import DotPredictor, MLPPredictor
-
     def model_fn(rngs):
         if predictor == "mlp":
             return MLPPredictor(dim, num_inputs, (cfg.mlp_hidden,), rngs=rngs)
@@ -315,11 +313,6 @@ def load_embeddings(out_dir: str) -> dict | None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    from girl_jax.data import prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.stages import generate
-
     cfg = RecommendConfig.from_config(config.recommend)
     out_dir = common.stage_dir(workdir, "recommend")
     if ckpt_mod.is_final(out_dir):

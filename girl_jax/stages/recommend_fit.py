@@ -19,7 +19,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from girl_jax import metrics as metrics_mod
 from girl_jax import preemption
+from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common
 
 # ---------------------------------------------------------------- forward passes
@@ -100,9 +102,6 @@ def fit(
     Returns (result, the model with the best validation parameters).
     Writes `run_dir/metrics.jsonl` (+ TensorBoard) and `<split>_logits.npy`.
     """
-    from girl_jax import metrics as metrics_mod
-    from girl_jax.parallel import state as state_mod
-
     n_train = len(splits["train"]["label"])
     steps_per_epoch = max(n_train // spec.batch_size, 1)
     steps = spec.epochs * steps_per_epoch

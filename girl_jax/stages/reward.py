@@ -29,10 +29,19 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.stats import spearmanr
 
+from girl_jax import checkpoint as ckpt_mod
+from girl_jax import metrics as metrics_mod
 from girl_jax import preemption, wandb_writer
+from girl_jax.data import negatives, pipeline, prepare
 from girl_jax.errors import ConfigError
-from girl_jax.stages import common, reward_probe
+from girl_jax.models.heads import transplant_trunk
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.parallel import state as state_mod
+from girl_jax.stages import common, reward_probe, sft
+from girl_jax.stages.generation import Generator
 from girl_jax.stages.reward_data import pairwise_arrays, pointwise_arrays
 from girl_jax.stages.reward_ensemble import (
     ENSEMBLE_DIR,
@@ -94,15 +103,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config, workdir: str) -> dict:
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax import metrics as metrics_mod
-    from girl_jax.data import pipeline, prepare
-    from girl_jax.models.heads import transplant_trunk
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-    from girl_jax.stages import sft
-
     cfg = RewardConfig.from_config(config.reward)
     out_dir = common.stage_dir(workdir, "reward")
     if ckpt_mod.is_final(out_dir):
@@ -129,7 +129,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                 "config.reward.synthetic_negatives needs the embedded market's structured jobs "
                 "(config.data.source=market)"
             )
-        from girl_jax.data import negatives
 
         train_df = negatives.augment(
             train_df, data.market, cfg.synthetic_negatives, config.seed + 7
@@ -293,10 +292,6 @@ def _oracle_tracking(
     config, data, sft_graphdef, sft_params, rm_params, score_fn, tok, max_len, batch_size
 ):
     """Spearman correlation between RM score and oracle true match on sampled SFT JDs."""
-    from scipy.stats import spearmanr
-
-    from girl_jax.stages.generation import Generator
-
     seekers = data.seekers("validation").iloc[: max(config.sft.num_eval_samples, 32)]
     gen = Generator(
         sft_graphdef,

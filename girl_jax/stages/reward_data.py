@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from girl_jax.data import batches
 from girl_jax.errors import ConfigError
 
 
 def pointwise_arrays(tok, df, max_len):
-    from girl_jax.data import batches
-
     enc = batches.encode_reward(
         tok, list(df["cv"]), list(df["jd"]), list(df["label"]), max_len=max_len
     )
@@ -33,7 +32,7 @@ def pairwise_arrays(tok, df, max_len, seed):
             n = max(len(pos), len(neg))
             chosen += [pos.iloc[i % len(pos)] for i in range(n)]
             rejected += [neg.iloc[i % len(neg)] for i in rng.permutation(n)]
-    import pandas as pd
+    import pandas as pd  # heavy: pandas, only on this path
 
     if not chosen:
         raise ConfigError("config.reward.objective=pairwise needs seekers with both labels")

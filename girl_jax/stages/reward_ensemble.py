@@ -11,9 +11,15 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
-from girl_jax.errors import ConfigError
+from girl_jax import checkpoint as ckpt_mod
+from girl_jax import metrics as metrics_mod
+from girl_jax.errors import CheckpointError, ConfigError
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.rl import ensemble as ens_mod
 from girl_jax.stages import reward_probe
 from girl_jax.stages.reward_step import RewardConfig, build_model_fn, load_final_params
 from girl_jax.stages.scoring import score_dataset
@@ -42,8 +48,6 @@ def _head_init_fn(model_fn):
 
 def _fit_ensemble(cfg, config, graphdef, params, model_fn, train, val, features, out_dir):
     """Fits the K member heads on the frozen trunk's features and saves them (atomically)."""
-    from girl_jax import metrics as metrics_mod
-
     if features is None:
         features = reward_probe.cached_features(cfg, graphdef, params, train, val)
     head_graphdef, main_head = nnx.split(nnx.merge(graphdef, params).reward_head)
@@ -78,10 +82,6 @@ def _fit_ensemble(cfg, config, graphdef, params, model_fn, train, val, features,
 def save_ensemble(ens_dir: str, stacked, info: dict) -> None:
     """Stacked head params to ens_dir/heads (Orbax: written aside, renamed on commit), then
     ens_dir/final.json (the marker `load_final_ensemble` needs), written last and atomically."""
-    import orbax.checkpoint as ocp
-
-    from girl_jax import checkpoint as ckpt_mod
-
     final = os.path.join(ens_dir, "final.json")
     if jax.process_index() == 0:
         os.makedirs(ens_dir, exist_ok=True)
@@ -123,9 +123,6 @@ def ensemble_member_params(graphdef, params, stacked_head_params, k: int):
 
 def _ensemble_report(cfg, config, graphdef, params, stacked, members, splits) -> dict:
     """eval.json's "ensemble": member AUCs and the aggregations' AUCs per split."""
-    from girl_jax import metrics as metrics_mod
-    from girl_jax.rl import ensemble as ens_mod
-
     fn = jax.jit(lambda p, h, i, m, r: ensemble_scores(graphdef, p, h, i, m, r).T)  # [B, K]
     report = {
         "size": cfg.ensemble_size,
@@ -173,13 +170,6 @@ def load_final_ensemble(workdir: str, config, vocab_size: int):
     stacked_head_params, ids, mask, response_mask) -> [K, B]`. Needs
     config.reward.ensemble_size = the K the reward stage fitted.
     """
-    import orbax.checkpoint as ocp
-
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax.errors import CheckpointError
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-
     cfg = RewardConfig.from_config(config.reward)
     if not cfg.ensemble_size:
         raise ConfigError("a reward-model ensemble needs config.reward.ensemble_size >= 2")

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from sklearn.metrics import roc_auc_score
 
 from girl_jax import metrics
+from girl_jax.models.heads import TOKEN_HEADS, pool_features
 from girl_jax.stages.scoring import score_dataset, trimmed_width
 
 
@@ -45,8 +47,6 @@ def _num_rows(tree, axis: int) -> int:
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else 0.5
 
 
@@ -153,8 +153,6 @@ def cached_features(cfg, graphdef, params, train, val) -> Features:
     float16 [N, W, D] (W = longest row, rounded to 32) with their masks (and match flags):
     ~1 GB for the default market's 16.5k training rows.
     """
-    from girl_jax.models.heads import TOKEN_HEADS, pool_features
-
     model = nnx.merge(graphdef, params)
     token_head = model.reward_head.head in TOKEN_HEADS
 

@@ -13,7 +13,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from girl_jax import checkpoint as ckpt_mod
 from girl_jax.errors import ConfigError
+from girl_jax.models.heads import MATCH_HEADS, REWARD_HEADS, RewardModel, sequence_score
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common
 
 
@@ -51,13 +56,11 @@ class RewardConfig:
             raise ConfigError(
                 f"config.reward.objective must be pointwise or pairwise, got {self.objective!r}"
             )
-        from girl_jax.models.heads import REWARD_HEADS
 
         if self.head not in REWARD_HEADS:
             raise ConfigError(
                 f"config.reward.head must be one of {', '.join(REWARD_HEADS)}, got {self.head!r}"
             )
-        from girl_jax.models.heads import MATCH_HEADS
 
         if self.match_features and self.head not in MATCH_HEADS:
             raise ConfigError(
@@ -110,8 +113,6 @@ class RewardConfig:
 
 def scores(params, graphdef, ids, mask, response_mask=None):
     """Reward score per sequence [B] float32 (`RewardModel`, or a `ScoreModel`'s last token)."""
-    from girl_jax.models.heads import sequence_score
-
     return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 
@@ -172,8 +173,6 @@ def train_step(state, batch, rng, *, graphdef, tx, cfg: RewardConfig):
 
 
 def build_model_fn(config, vocab_size, seed):
-    from girl_jax.models.heads import RewardModel
-
     mcfg = common.decoder_config(config, vocab_size)
     r = config.reward
     defaults = RewardConfig.defaults()
@@ -202,11 +201,6 @@ def make_tx(cfg: RewardConfig):
 
 def load_final_params(workdir: str, config, vocab_size: int):
     """(graphdef, params) of the final reward model."""
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-
     cfg = RewardConfig.from_config(config.reward)
     mesh = mesh_mod.make_mesh(config.mesh)
     rules = rules_mod.normalize_rules(config.logical_axis_rules)

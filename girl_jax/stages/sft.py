@@ -16,9 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from girl_jax import checkpoint as ckpt_mod
+from girl_jax import metrics as metrics_mod
 from girl_jax import preemption, wandb_writer
+from girl_jax.data import batches, pipeline, prepare
 from girl_jax.errors import ConfigError
+from girl_jax.models import from_pretrained
+from girl_jax.models.decoder import Decoder, apply
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common
+from girl_jax.stages.generation import Generator, score_texts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +78,6 @@ class SFTConfig:
 
 def lm_loss_sums(params, graphdef, batch):
     """(sum of target-token NLL, number of target tokens); targets are where target_mask == 1."""
-    from girl_jax.models.decoder import apply
-
     logits, _ = apply(graphdef, params, batch["input_ids"], batch["attention_mask"])
     logp = common.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
     mask = batch["target_mask"][:, 1:].astype(jnp.float32)
@@ -127,8 +134,6 @@ def eval_step(params, batch, *, graphdef):
 
 
 def _arrays(tok, df, cfg: SFTConfig):
-    from girl_jax.data import batches
-
     enc = batches.encode_sft(
         tok,
         list(df["cv"]),
@@ -148,8 +153,6 @@ def _trim(batch, multiple: int = 32):
 
 
 def build_model_fn(config, vocab_size: int, seed: int):
-    from girl_jax.models.decoder import Decoder
-
     mcfg = common.decoder_config(config, vocab_size)
     return mcfg, (lambda rngs: Decoder(mcfg, rngs=rngs))
 
@@ -161,14 +164,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config, workdir: str) -> dict:
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax import metrics as metrics_mod
-    from girl_jax.data import pipeline, prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-    from girl_jax.stages.generation import Generator, score_texts
-
     cfg = SFTConfig.from_config(config.sft)
     out_dir = common.stage_dir(workdir, "sft")
     if ckpt_mod.is_final(out_dir):
@@ -189,8 +184,6 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
     mcfg, model_fn = build_model_fn(config, tok.vocab_size, config.seed)
     if cfg.init_from:
-        from girl_jax.models import from_pretrained
-
         model_fn = lambda rngs: from_pretrained(cfg.init_from)  # noqa: E731
     tx = common.make_optimizer(
         cfg.learning_rate,
@@ -296,11 +289,6 @@ def _slice(arrays, start, size):
 
 def load_final_params(workdir: str, config, vocab_size: int):
     """(graphdef, params) of the final SFT model, replicated on the current mesh."""
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-
     out_dir = os.path.join(workdir, "sft")
     ckpt_mod.read_final(out_dir, "sft")
     mesh = mesh_mod.make_mesh(config.mesh)
