@@ -17,6 +17,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from girl_jax import checkpoint as ckpt_mod
@@ -376,11 +377,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
 
 def load_final_actor(workdir: str, config, data, mesh, rules):
-    """(graphdef, params) of the final PPO actor: only the actor's parameters are read, so
-    checkpoints of other PPO state layouts (critic kinds, optimizers, earlier versions) load."""
-    _, graphs, state, _, _, _ = build(config, workdir, data, mesh, rules)
-    abstract = {"actor": {"params": ckpt_mod.abstract_like(state.actor.params)}}
-    restored, _, _ = ckpt_mod.restore_final_state(
-        os.path.join(workdir, "ppo"), "ppo", abstract, partial=True
+    """(graphdef, params) of the final PPO actor. Builds the actor alone, abstractly (no critic,
+    reward model or reference), and reads only its parameters from the checkpoint, so PPO
+    states of other layouts (critic kinds, optimizers, earlier versions) load too."""
+    mcfg = common.decoder_config(config, data.tokenizer.vocab_size)
+    graph, abstract, _, _ = state_mod.abstract_train_state(
+        lambda rngs: Decoder(mcfg, rngs=rngs), optax.identity(), mesh, rules
     )
-    return graphs.actor, restored["actor"]["params"]
+    restored, _, _ = ckpt_mod.restore_final_state(
+        os.path.join(workdir, "ppo"), "ppo", {"actor": {"params": abstract.params}}, partial=True
+    )
+    return graph, restored["actor"]["params"]

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 
+from helpers import CONFIG as CONFIG_SPEC
 from helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "girl_jax")
@@ -92,3 +93,37 @@ def test_step_directory_without_commit_marker_is_not_used(tiny_run, tmp_path):
         assert ckpt.latest_step() == newest
     finally:
         ckpt.close()
+
+
+def test_final_ppo_actor_loads_without_building_the_other_roles(tiny_run, monkeypatch):
+    """`load_final_actor` reads only the actor's parameters: no critic, reward model or
+    reference is built, and the parameters equal the actor of the full PPO state."""
+    import jax
+    import numpy as np
+
+    from girl_jax import checkpoint as ckpt_mod
+    from girl_jax.configuration import load_config
+    from girl_jax.data import prepare
+    from girl_jax.parallel import mesh as mesh_mod
+    from girl_jax.parallel import rules as rules_mod
+    from girl_jax.stages import common, ppo
+
+    config = load_config(CONFIG_SPEC, [o.removeprefix("--config.") for o in tiny_run.overrides])
+    data = prepare.load(tiny_run.workdir)
+    mesh = mesh_mod.make_mesh(config.mesh)
+    rules = rules_mod.normalize_rules(config.logical_axis_rules)
+    with common.activate_rules(config):
+        _, _, state, _, _, _ = ppo.build(config, tiny_run.workdir, data, mesh, rules)
+        full, _, _ = ckpt_mod.restore_final_state(
+            os.path.join(tiny_run.workdir, "ppo"), "ppo", ckpt_mod.abstract_like(state)
+        )
+
+        def no_build(*a, **k):
+            raise AssertionError("load_final_actor built the whole PPO state")
+
+        monkeypatch.setattr(ppo, "build", no_build)
+        _, params = ppo.load_final_actor(tiny_run.workdir, config, data, mesh, rules)
+    want, got = jax.tree.leaves(full.actor.params), jax.tree.leaves(params)
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
