@@ -118,6 +118,8 @@ def get_config(arg=None):
         # > 0: synthetic hard negatives per positive (an accepted JD with one field made wrong:
         # city, pay, years, degree or skills), girl_jax/data/negatives.py; docs/rl.md.
         synthetic_negatives=1.0,
+        # the fields they corrupt; "repeat" (a skill or duty repeated) is opt-in (docs/rl.md)
+        synthetic_negative_kinds="city,pay,years,degree,skills",
         probe_epochs=30,
         probe_batch_size=256,
         probe_learning_rate=2e-3,

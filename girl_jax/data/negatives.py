@@ -18,6 +18,10 @@ from girl_jax.data import market_taxonomy as tax
 from girl_jax.data import market_text
 
 KINDS = ("city", "pay", "years", "degree", "skills")
+# Opt-in kinds (`reward.synthetic_negative_kinds`): "repeat" repeats a required skill the
+# seeker has, or a duty, 3-7 more times — what a policy that games a reward model counting
+# CV-matching tokens writes ("We need sql, sql, sql, ..."), and what the oracle's parser ignores.
+ALL_KINDS = (*KINDS, "repeat")
 
 
 def _corrupt_one(kind: str, job: dict, seeker: dict, rng: np.random.Generator) -> dict:
@@ -30,6 +34,15 @@ def _corrupt_one(kind: str, job: dict, seeker: dict, rng: np.random.Generator) -
         job["salary_hi"], job["salary_lo"] = hi, max(5, int(round(hi * 0.85)))
     elif kind == "years":
         job["min_years"] = int(seeker["years"] + rng.integers(4, 9))
+    elif kind == "repeat":
+        extra = int(rng.integers(3, 8))
+        mine = [x for x in job["required"] if x in set(seeker["skills"])]
+        if rng.random() < 0.7 or not job["duties"]:
+            skill = int(rng.choice(mine or job["required"]))
+            job["required"] = list(job["required"]) + [skill] * extra
+        else:
+            duty = int(rng.choice(job["duties"]))
+            job["duties"] = list(job["duties"]) + [duty] * min(extra, 3)
     elif kind == "degree":
         job["degree_level"] = int(min(seeker["edu_level"] + 2, len(tax.EDUCATION_LEVELS) - 1))
         if job["degree_level"] <= seeker["edu_level"]:  # already the top level: move skills
@@ -45,12 +58,17 @@ def _corrupt_one(kind: str, job: dict, seeker: dict, rng: np.random.Generator) -
     return job
 
 
-def corrupt(market, seeker_ids, job_ids, seed: int) -> tuple[list[str], list[str]]:
+def corrupt(
+    market, seeker_ids, job_ids, seed: int, kinds: tuple[str, ...] = KINDS
+) -> tuple[list[str], list[str]]:
     """For each (seeker, accepted job): the job's JD re-rendered with one field made wrong for
-    that seeker, and which field (one of `KINDS`, drawn uniformly)."""
+    that seeker, and which field (one of `kinds`, drawn uniformly)."""
+    bad = [k for k in kinds if k not in ALL_KINDS]
+    if bad or not kinds:
+        raise ValueError(f"negative kinds must be among {ALL_KINDS}, got {kinds!r}")
     rng = np.random.default_rng(seed)
     j, s = market.jobs, market.seekers
-    texts, kinds = [], []
+    texts, drawn = [], []
     for sid, jid in zip(np.asarray(seeker_ids).tolist(), np.asarray(job_ids).tolist()):
         job = dict(
             company=int(j["company"][jid]),
@@ -74,15 +92,15 @@ def corrupt(market, seeker_ids, job_ids, seed: int) -> tuple[list[str], list[str
             edu_level=int(s["edu_level"][sid]),
             skills=[int(x) for x in s["skills"][sid][: s["num_skills"][sid]]],
         )
-        kind = KINDS[int(rng.integers(len(KINDS)))]
+        kind = kinds[int(rng.integers(len(kinds)))]
         texts.append(
             market_text.render_jd(int(j["template"][jid]), **_corrupt_one(kind, job, seeker, rng))
         )
-        kinds.append(kind)
-    return texts, kinds
+        drawn.append(kind)
+    return texts, drawn
 
 
-def augment(train_df, market, fraction: float, seed: int):
+def augment(train_df, market, fraction: float, seed: int, kinds: tuple[str, ...] = KINDS):
     """`train_df` plus `fraction` x (its positives) synthetic negatives (label 0), shuffled in."""
     import pandas as pd  # heavy: pandas, only on this path
 
@@ -91,7 +109,7 @@ def augment(train_df, market, fraction: float, seed: int):
     if n <= 0 or market is None:
         return train_df
     pick = pos.sample(n=min(n, len(pos)), random_state=seed, replace=n > len(pos))
-    texts, _ = corrupt(market, pick["seeker_id"].to_numpy(), pick["job_id"].to_numpy(), seed)
+    texts, _ = corrupt(market, pick["seeker_id"].to_numpy(), pick["job_id"].to_numpy(), seed, kinds)
     neg = pick.copy()
     neg["jd"], neg["label"] = texts, 0
     out = pd.concat([train_df, neg], ignore_index=True)

@@ -131,7 +131,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             )
 
         train_df = negatives.augment(
-            train_df, data.market, cfg.synthetic_negatives, config.seed + 7
+            train_df, data.market, cfg.synthetic_negatives, config.seed + 7, cfg.negative_kinds
         )
     if cfg.objective == "pointwise":
         train = pointwise_arrays(tok, train_df, max_len)

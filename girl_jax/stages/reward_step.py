@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from girl_jax import checkpoint as ckpt_mod
+from girl_jax.data.negatives import ALL_KINDS
 from girl_jax.errors import ConfigError
 from girl_jax.models.heads import MATCH_HEADS, REWARD_HEADS, RewardModel, sequence_score
 from girl_jax.parallel import mesh as mesh_mod
@@ -50,8 +51,20 @@ class RewardConfig:
     # > 0: add this many synthetic hard negatives per training positive (the accepted JD with one
     # field made wrong for the seeker: city, pay, years, degree or skills; data/negatives.py)
     synthetic_negatives: float = 0.0
+    # which fields the negatives corrupt, comma-separated: city, pay, years, degree, skills and
+    # the opt-in repeat (a skill or duty repeated; data/negatives.py)
+    synthetic_negative_kinds: str = "city,pay,years,degree,skills"
+
+    @property
+    def negative_kinds(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.synthetic_negative_kinds.split(",") if k.strip())
 
     def __post_init__(self):
+        if not self.negative_kinds or any(k not in ALL_KINDS for k in self.negative_kinds):
+            raise ConfigError(
+                f"config.reward.synthetic_negative_kinds must name kinds among {ALL_KINDS}, "
+                f"got {self.synthetic_negative_kinds!r}"
+            )
         if self.objective not in ("pointwise", "pairwise"):
             raise ConfigError(
                 f"config.reward.objective must be pointwise or pairwise, got {self.objective!r}"

@@ -72,3 +72,33 @@ def test_augment_adds_labelled_negatives_deterministically(small_market):
     assert int((out.label == 1).sum()) == n_pos
     assert out.equals(negatives.augment(df, m, 0.5, seed=4))
     assert negatives.augment(df, m, 0.0, seed=4) is df
+
+
+def test_repeat_kind_repeats_a_skill_or_duty_and_is_opt_in(small_market):
+    m = small_market
+    sids, jids = _pairs(m, 40)
+    texts, kinds = negatives.corrupt(m, sids, jids, seed=1, kinds=("repeat",))
+    assert set(kinds) == {"repeat"}
+    originals = [m.jds[j] for j in jids]
+    for text, orig in zip(texts, originals):
+        words = Counter(w.strip(".,;:|") for w in text.lower().split())
+        before = Counter(w.strip(".,;:|") for w in orig.lower().split())
+        assert len(text) > len(orig)  # something was repeated
+        assert max(words[w] - before[w] for w in words) >= 3
+    # the default draws never produce it, and bad kinds are refused
+    _, default_kinds = negatives.corrupt(m, sids, jids, seed=1)
+    assert "repeat" not in default_kinds
+    with pytest.raises(ValueError, match="negative kinds"):
+        negatives.corrupt(m, sids, jids, seed=1, kinds=("nope",))
+
+
+def test_negative_kinds_config_is_validated():
+    from girl_jax.configuration import load_config
+    from girl_jax.errors import ConfigError
+    from girl_jax.stages.reward_step import RewardConfig
+
+    c = load_config("configs/default.py", ["reward.synthetic_negative_kinds=city,repeat"])
+    assert RewardConfig.from_config(c.reward).negative_kinds == ("city", "repeat")
+    c = load_config("configs/default.py", ["reward.synthetic_negative_kinds=city,bogus"])
+    with pytest.raises(ConfigError, match="synthetic_negative_kinds"):
+        RewardConfig.from_config(c.reward)
