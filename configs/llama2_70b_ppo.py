@@ -13,6 +13,9 @@ Variants:
          and keeps the reference as a separate copy, so this plans *more* memory than :full;
          the shared-frozen-base PPO (reference = base with adapters off) is not built yet.
 
+  :smoke the same code path with tiny shapes on a CPU (configs/_base.py):
+         girl run --config configs/llama2_70b_ppo.py:smoke --workdir /tmp/smoke-70b
+
 Plan on any CPU host (`pip install -e '.[tpu,gpu-plan]'`, JAX_PLATFORMS=cpu):
     girl plan --config configs/llama2_70b_ppo.py --topology v5e:16x16 --steps ppo
     girl plan --config configs/llama2_70b_ppo.py --topology h100:1x8x8 --steps ppo
@@ -23,48 +26,54 @@ import importlib.util
 import os
 
 _spec = importlib.util.spec_from_file_location(
-    "_girl_default", os.path.join(os.path.dirname(__file__), "default.py")
+    "_girl_config_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py")
 )
-_default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_default)
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
 
-VARIANTS = ("full", "lora")
+VARIANTS = ("full", "lora", "smoke")
 
 
 def get_config(arg=None):
     variant = "full" if arg in (None, "", "default") else arg
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {arg!r}; choose from {VARIANTS}")
-    c = _default.get_config(None)
-    c.name = f"llama2_70b_ppo_{variant}"
-    c.tokenizer.vocab_size = 32000
-    c.model = _default.model_config(
-        d_model=8192, num_layers=80, num_heads=64, max_len=4096, family="llama"
-    )
-    c.model.update(
-        vocab_size=32000,
-        num_kv_heads=8,
-        mlp_dim=28672,
-        dtype="bfloat16",
-        remat=True,
-        scan_layers=True,
-    )
-    c.mesh.update(data=1, fsdp=-1, tensor=8)
-    c.sft.update(
-        batch_size=64, max_prompt_len=512, max_response_len=512, grad_accum=4, learning_rate=1e-5
-    )
-    # a pretrained LLM's RM reads its last layer (feature_layer / match flags: market-tuned)
-    c.reward.update(batch_size=64, learning_rate=5e-6, feature_layer=0, match_features=False)
-    # 256 prompts, 2 epochs x 8 minibatches of 32 (one sequence per FSDP shard on a v5e-256):
-    # 13.73 GiB per v5e chip (docs/scale.md)
-    c.ppo.update(
-        batch_size=256,
-        minibatches=8,
-        epochs=2,
-        max_new_tokens=256,
-        learning_rate=5e-7,
-        critic_learning_rate=2e-6,
+    c = _base.scale_config(
+        "llama2_70b_ppo_full",
+        model=dict(
+            family="llama",
+            d_model=8192,
+            num_layers=80,
+            num_heads=64,
+            max_len=4096,
+            vocab_size=32000,
+            num_kv_heads=8,
+            mlp_dim=28672,
+        ),
+        mesh=dict(data=1, fsdp=-1, tensor=8),
+        sft=dict(
+            batch_size=64,
+            max_prompt_len=512,
+            max_response_len=512,
+            grad_accum=4,
+            learning_rate=1e-5,
+        ),
+        reward=dict(batch_size=64, learning_rate=5e-6),
+        # 256 prompts, 2 epochs x 8 minibatches of 32 (one sequence per FSDP shard on a
+        # v5e-256): 13.73 GiB per v5e chip (docs/scale.md)
+        ppo=dict(
+            batch_size=256,
+            minibatches=8,
+            epochs=2,
+            max_new_tokens=256,
+            learning_rate=5e-7,
+            critic_learning_rate=2e-6,
+        ),
     )
     if variant == "lora":
+        c.name = "llama2_70b_ppo_lora"
         c.model.update(lora_rank=16, lora_alpha=32.0)
+    if variant == "smoke":
+        c.name = "llama2_70b_ppo"
+        return _base.variant(c, "smoke")
     return c
