@@ -196,6 +196,7 @@ def get_config(arg=None):
         grpo_eps=1e-4,
         scale_by_std=True,  # grpo: divide by the group's std
         dynamic_sampling=False,  # DAPO: drop groups whose rewards are all equal
+        algorithm="ppo",  # ppo | bon_distill (= advantage bon + policy_loss nll, docs/rl.md)
     )
     # Optional Weights & Biases mirror of every stage's metrics (needs `pip install wandb`).
     c.wandb = dict(enabled=False, project="girl_jax", entity="", mode="", group="")

@@ -9,7 +9,8 @@ over the valid (mask == 1) tokens of the whole batch. Positions where the mask i
 Variants: DAPO clip-higher (an upper clip ``clip_eps_high`` apart from the lower
 ``clip_eps``), verl's loss aggregation modes (`aggregate`: token_mean /
 seq_mean_token_mean / seq_mean_token_sum_norm for Dr. GRPO) and GSPO's
-sequence-level importance ratio (`gspo_policy_loss`).
+sequence-level importance ratio (`gspo_policy_loss`); the advantage-weighted NLL of
+best-of-n distillation (`weighted_nll_policy_loss`, ``policy_loss=nll``).
 """
 
 from typing import Any
@@ -53,6 +54,27 @@ def aggregate(
             raise ConfigError(f"max_new_tokens (loss normaliser) must be > 0, got {norm}")
         return masked_mean(masked_sum(loss_BxT, mask, axis=-1) / norm, has_B)
     raise ConfigError(f"loss_agg must be one of {', '.join(LOSS_AGG_MODES)}, got {mode!r}")
+
+
+def weighted_nll_policy_loss(
+    logp: Array, old_logp: Array, advantages: Array, mask: Array
+) -> tuple[Array, dict[str, Array]]:
+    """Advantage-weighted negative log-likelihood: ``-sum(A * logp) / sum(|A|)`` over valid tokens.
+
+    With the `bon` advantage (1 on each group's best sample, 0 elsewhere) this is the SFT step
+    of best-of-n distillation (RAFT, Dong et al. 2023; ReST / expert iteration, Gulcehre et al.
+    2023): the mean token NLL of the selected samples, with no ratio and no clip, so several
+    epochs keep fitting them. Meant for non-negative weights; 0 when no token is selected.
+    The ratio metrics are reported as for the clipped loss (``clip_fraction`` is 0).
+    """
+    valid = mask.astype(bool)
+    w = jnp.where(valid, advantages, 0.0)
+    log_ratio = jnp.where(valid, logp - old_logp, 0.0)
+    norm = jnp.maximum(jnp.sum(jnp.abs(w)), 1e-8)
+    loss = -jnp.sum(w * jnp.where(valid, logp, 0.0)) / norm
+    metrics = _ratio_metrics(log_ratio, jnp.exp(log_ratio), mask)
+    metrics["clip_fraction"] = jnp.zeros((), jnp.float32)
+    return loss, metrics
 
 
 def _check_clip(clip_eps: float) -> None:
@@ -298,6 +320,12 @@ def _gspo_policy(logp, old_logp, advantages, mask, *, config: Any):
         registry.hparam(config, "clip_eps", 0.2),
         _opt(config, "clip_eps_high", 0.0),
     )
+
+
+@registry.register("policy_loss", "nll")
+def _nll_policy(logp, old_logp, advantages, mask, *, config: Any):
+    del config
+    return weighted_nll_policy_loss(logp, old_logp, advantages, mask)
 
 
 @registry.register("value_loss", "clipped")

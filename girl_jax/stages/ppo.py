@@ -46,6 +46,13 @@ from girl_jax.stages.ppo_step import (
     update_step,
 )
 
+# `ppo.algorithm` presets, the keys each sets over the config's. bon_distill: best-of-n
+# distillation (RAFT / ReST): each group's best sample is fitted by plain NLL, the rest ignored.
+ALGORITHMS = {
+    "ppo": {},
+    "bon_distill": dict(advantage="bon", policy_loss="nll", whiten_advantages=False),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
@@ -98,8 +105,12 @@ class PPOConfig:
     grpo_eps: float = 1e-4
     scale_by_std: bool = True  # grpo: divide by the group's std (False: Dr. GRPO)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    algorithm: str = "ppo"  # ppo | bon_distill: sets the keys ALGORITHMS names
 
     def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            names = ", ".join(ALGORITHMS)
+            raise ConfigError(f"config.ppo.algorithm must be one of {names}: {self.algorithm!r}")
         for kind, name in (
             ("advantage", self.advantage),
             ("policy_loss", self.policy_loss),
@@ -162,7 +173,9 @@ class PPOConfig:
         missing = names - set(c.keys()) - optional
         if missing:
             raise ConfigError(f"missing config key config.ppo.{sorted(missing)[0]}")
-        return cls(**{k: c[k] for k in names if k in c})
+        values = {k: c[k] for k in names if k in c}
+        values.update(ALGORITHMS.get(values.get("algorithm", "ppo"), {}))
+        return cls(**values)
 
 
 def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
@@ -186,8 +199,7 @@ def build(config, workdir: str, data, mesh, rules):
     tok = data.tokenizer
     mcfg = common.decoder_config(config, tok.vocab_size)
     updates = cfg.iterations * cfg.epochs * cfg.minibatches
-    # Built with learning rate 1 and scaled by a rate held in the optimizer state: the rates
-    # are traced arrays (ppo_step.scaled_optimizer), not constants of the compiled step.
+    # Learning rate 1, scaled by a rate in the optimizer state (ppo_step.scaled_optimizer).
     actor_tx = scaled_optimizer(
         common.make_optimizer(1.0, updates, grad_clip=cfg.grad_clip, cosine=False),
         cfg.learning_rate,

@@ -60,7 +60,9 @@ def result(cfg, out_dir: str, start_eval: dict, last_eval: dict) -> dict:
         kl_end=rollouts[-1]["kl"] if rollouts else None,
         kl_coef_end=rollouts[-1]["kl_coef"] if rollouts else None,
         iterations=cfg.iterations,
+        algorithm=cfg.algorithm,
         advantage=cfg.advantage,
+        policy_loss=cfg.policy_loss,
         reward=cfg.reward,
         gold_reward=ppo_rewards.is_gold(cfg.reward_terms),
     )

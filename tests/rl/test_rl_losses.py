@@ -169,3 +169,27 @@ def test_registered_losses():
         losses.clipped_policy_loss(logp, old, adv, mask, 0.0)
     with pytest.raises(ConfigError, match="dual_clip_c"):
         losses.dual_clip_policy_loss(logp, old, adv, mask, 0.2, 1.0)
+
+
+def test_weighted_nll_loss_matches_loop_and_is_sft_on_the_selected_rows():
+    logp, old, _, mask, rng = inputs(5)
+    # bon-style weights: 1 on every token of a few rows, 0 elsewhere (garbage outside the mask)
+    pick = np.array([0, 1, 1, 0, 1, 0], np.float32)
+    adv = np.where(mask > 0, pick[:, None], np.nan).astype(np.float32)
+    loss, m = jax.jit(losses.weighted_nll_policy_loss)(logp, old, adv, mask)
+    num = sum(-adv[b, t] * np.float64(logp[b, t]) for b, t in valid_items(mask))
+    den = sum(abs(adv[b, t]) for b, t in valid_items(mask))
+    np.testing.assert_allclose(loss, num / den, **TOL)
+    # = the mean token NLL over the picked rows' valid tokens
+    picked = [(b, t) for b, t in valid_items(mask) if pick[b]]
+    np.testing.assert_allclose(loss, np.mean([-logp[b, t] for b, t in picked]), **TOL)
+    assert float(m["clip_fraction"]) == 0.0
+    # the gradient w.r.t. logp is -w / sum|w| on valid tokens, 0 elsewhere: no ratio, no clip
+    g = jax.grad(lambda lp: losses.weighted_nll_policy_loss(lp, old, adv, mask)[0])(logp)
+    want = np.where(mask > 0, -np.nan_to_num(adv) / den, 0.0)
+    np.testing.assert_allclose(g, want, **TOL)
+    # nothing selected: 0, not NaN
+    zero, _ = losses.weighted_nll_policy_loss(logp, old, np.zeros_like(logp), mask)
+    assert float(zero) == 0.0
+    assert registry.get("policy_loss", "nll") is not None
+    del rng

@@ -218,3 +218,17 @@ def test_ppo_config_rejects_bad_variant_settings(key, value, match):
     c.dynamic_sampling, c.advantage, c.group_size = True, "gae", 1
     with pytest.raises(ConfigError, match="dynamic_sampling"):
         ppo.PPOConfig.from_config(c)
+
+
+def test_bon_distill_algorithm_sets_its_keys_and_bad_names_fail():
+    c = get_config("smoke").ppo
+    c.update(algorithm="bon_distill", advantage="gae", whiten_advantages=True, group_size=4)
+    cfg = ppo.PPOConfig.from_config(c)
+    assert (cfg.advantage, cfg.policy_loss, cfg.whiten_advantages) == ("bon", "nll", False)
+    assert not cfg.needs_critic
+    c.algorithm = "dpo"
+    with pytest.raises(ConfigError, match="config.ppo.algorithm must be one of ppo, bon_distill"):
+        ppo.PPOConfig.from_config(c)
+    c.update(algorithm="bon_distill", group_size=1)
+    with pytest.raises(ConfigError, match="group_size>1"):
+        ppo.PPOConfig.from_config(c)

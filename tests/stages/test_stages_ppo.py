@@ -110,6 +110,7 @@ def _setup(**overrides):
         ("reinforce", 1, {"baseline": "mean"}),
         ("reinforce", 1, {"baseline": "value", "critic": "value_head"}),
         ("bon", 4, {"whiten_advantages": False}),
+        ("bon", 4, {"algorithm": "bon_distill"}),  # = bon + nll loss, unwhitened
     ],
 )
 def test_ppo_raises_toy_reward(advantage, group, extra):
