@@ -48,7 +48,7 @@ EXTRAS = {
 setup(
     name="girl_jax",
     version="0.1.0",
-    description="GIRL (arXiv 2307.02157) in JAX/Flax: SFT, reward model, PPO, enhanced recommender.",
+    description="GIRL (arXiv 2307.02157) in JAX/Flax: SFT, reward model, PPO, recommender.",
     packages=find_packages(include=["girl_jax", "girl_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,

@@ -66,8 +66,13 @@ def get_config(arg=None):
         applications_per_seeker=8,
         positive_rate=0.25,
         max_chars=4000,
+        # share of market CVs / JDs written in a varied style (layouts, case, synonyms, noise;
+        # docs/data.md). 0.0: the 4 plain templates, byte for byte the text of earlier runs.
+        text_variation=0.0,
     )
-    c.tokenizer = dict(vocab_size=4096, path="")
+    # normalize: "none" | "nfkc_lower" (NFKC + lower case before BPE; girl_jax/data/tokenizer.py).
+    # "none" keeps the default run's ids: the market text has capitals ("Dublin", sentence starts).
+    c.tokenizer = dict(vocab_size=4096, path="", normalize="none")
 
     c.model = model_config()
     c.mesh = dict(data=-1, fsdp=1, tensor=1)

@@ -21,7 +21,9 @@ generator exactly as `girl generate` does (`girl_jax.guidance.load_generator`,
 `--market-seekers N` adds the same rows for the market's own CVs (the first N seekers, their
 family and skills from the market, plus the oracle's true match): the in-distribution reference.
 `--lowercase` lower-cases every CV first: a diagnostic of how much the case alone costs, not
-what `girl generate` does.
+what `girl generate` does; for a workdir whose tokenizer was trained with
+`tokenizer.normalize=nfkc_lower` it changes nothing (its tokenizer lower-cases every CV itself).
+The report names the workdir's tokenizer normaliser and market `text_variation`.
 
 Prints a markdown table; --json-out writes the table's numbers and every CV's JD and fields.
 Each comma-separated value of --generator / --repetition-penalty / --no-repeat-ngram-size adds
@@ -91,6 +93,20 @@ def market_cvs(workdir: str, n: int) -> tuple[list[dict], list[int]]:
             }
         )
     return cvs, seekers["seeker_id"].tolist()
+
+
+def text_setup(workdir: str) -> dict:
+    """The workdir's tokenizer normaliser ("none", "nfkc_lower" or its JSON type) and the
+    market's `text_variation` (0.0 when not recorded; None for user data)."""
+    data_dir = os.path.join(workdir, "data")
+    with open(os.path.join(data_dir, "tokenizer.json"), encoding="utf-8") as f:
+        norm = json.load(f).get("normalizer")
+    with open(os.path.join(data_dir, "final.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    nfkc_lower = {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]}
+    name = "none" if norm is None else "nfkc_lower" if norm == nfkc_lower else norm.get("type")
+    variation = info.get("market_config", {}).get("text_variation", 0.0)
+    return {"tokenizer_normalize": name, "text_variation": variation if "market" in info else None}
 
 
 def score(cvs: list[dict], jds: list[str]) -> dict:
@@ -214,6 +230,8 @@ def main(argv=None) -> int:
 
     workdir = os.path.abspath(args.workdir)
     config = load_workdir_config(workdir, args.config, overrides)
+    setup = text_setup(workdir)
+    print(f"free_text_eval: {workdir}: {setup}", file=sys.stderr)
     g = config.get("generate") or {}
     penalties = _floats(args.repetition_penalty or g.get("repetition_penalty", 1.0))
     ngrams = _ints(args.no_repeat_ngram_size or g.get("no_repeat_ngram_size", 0))
@@ -258,6 +276,7 @@ def main(argv=None) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             report = {"workdir": workdir, "cv_dir": args.cv_dir, "lowercase": args.lowercase}
+            report.update(setup)
             json.dump({**report, "results": results}, f, indent=1)
     return 0
 

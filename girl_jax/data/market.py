@@ -25,6 +25,7 @@ generated JD too (an unknown company gets none). A generated JD that leaves a fi
 flat penalty in place of that term; fewer than three required skills, or pay far above the
 title's band, also lower its score. `true_match` of a real JD's text equals `oracle_prob`.
 The utility, the taste and the calibration live in `girl_jax.data.market_oracle`.
+`text_variation` > 0 writes that share of CVs / JDs in varied styles (`market_styles`).
 """
 
 import dataclasses
@@ -321,8 +322,10 @@ def generate(
     positive_rate: float = 0.25,
     applications_per_seeker: int = 8,
     cold_start_fraction: float = 0.1,
+    text_variation: float = 0.0,
 ) -> Market:
-    """Builds a market deterministically from `seed`; see the module docstring for fields."""
+    """Builds a market deterministically from `seed`; see the module docstring for fields.
+    `text_variation`: share of CVs / JDs in a varied style (`market_styles`); 0 = templates."""
     config = dict(
         num_seekers=num_seekers,
         num_jobs=num_jobs,
@@ -340,6 +343,11 @@ def generate(
         raise ConfigError(
             f"market.cold_start_fraction must lie in [0, 1), got {cold_start_fraction!r}"
         )
+    tv = text_variation
+    if isinstance(tv, bool) or not isinstance(tv, int | float) or not 0.0 <= tv <= 1.0:
+        raise ConfigError(f"market.text_variation must lie in [0, 1], got {text_variation!r}")
+    if text_variation:  # absent at 0, so a default market's config.json is the one of before
+        config["text_variation"] = text_variation
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"market.seed must be a non-negative integer, got {seed!r}")
     # plain Python numbers, so the config survives JSON and `generate(**config)` is exact
@@ -360,8 +368,8 @@ def generate(
         config=config,
         seekers=seekers,
         jobs=jobs,
-        cvs=render_cvs(seekers),
-        jds=render_jds(jobs),
+        cvs=render_cvs(seekers, variation=text_variation, seed=seed),
+        jds=render_jds(jobs, variation=text_variation, seed=seed),
         seeker_split=seeker_split,
         pairs=dict(seeker_id=sid, job_id=jid, label=label, split=split),
         taste=taste,

@@ -1,9 +1,12 @@
 """CV and JD text for the synthetic market: the templates that write it, the parser that reads JDs.
 
-Templates vary order and wording but always state every field, in plain lower-case English,
-short enough for ~128 (CV) and ~112 (JD) BPE tokens. `parse_jd` reads any JD template back,
-and tolerates partial or garbled text: it matches lexicon phrases clause by clause, so it
-never depends on one template's layout.
+Templates vary order and wording but always state every field, in plain English (lower case
+but for sentence starts, places and companies), short enough for ~128 (CV) and ~112 (JD) BPE
+tokens. With `variation` > 0, `render_cvs` / `render_jds` write that share of the texts in a
+varied style instead (`market_styles`). `parse_jd` reads any JD template or varied JD back, and
+tolerates partial or garbled text: it matches lexicon phrases (and `market_styles`'s aliases)
+clause by clause, so it never depends on one layout. Lines that start with "- ", "* " or "• "
+are bullets: they are nice-to-have skills when the heading line above them says so.
 """
 
 import dataclasses
@@ -11,6 +14,7 @@ import re
 
 import numpy as np
 
+from girl_jax.data import market_styles as styles
 from girl_jax.data import market_taxonomy as tax
 
 NUM_CV_TEMPLATES = 4
@@ -146,55 +150,50 @@ def render_jd(
     )
 
 
-def render_cvs(s: dict) -> list[str]:
-    """CV text of every seeker, from the structured arrays (see `market`)."""
+def _render(kind: str, plain, facts, templates, variation: float, seed: int) -> list[str]:
+    """Row i: plain template text, or (share `variation`, drawn per row) a varied style."""
+    vary = styles.vary_cv if kind == "cv" else styles.vary_jd
+    out = []
+    for i, (template, f) in enumerate(zip(templates, facts)):
+        rng = styles.row_rng(seed, kind, i) if variation > 0 else None
+        varied = variation > 0 and rng.random() < variation
+        out.append(vary(rng, **f) if varied else plain(template, **f))
+    return out
+
+
+def render_cvs(s: dict, variation: float = 0.0, seed: int = 0) -> list[str]:
+    """CV text of every seeker, from the structured arrays (see `market`); `variation` (with
+    `seed`): the share written in a varied style (`market_styles`), 0 = the templates only."""
     cols = {k: v.tolist() for k, v in s.items()}
-    return [
-        render_cv(
-            cols["template"][i],
-            family=cols["family"][i],
-            seniority=cols["seniority"][i],
-            years=cols["years"][i],
-            edu_level=cols["edu_level"][i],
-            edu_field=cols["edu_field"][i],
+    keys = "family seniority years edu_level edu_field city relocate remote_pref salary".split()
+    facts = (
+        {k: cols[k][i] for k in keys}
+        | dict(
             skills=cols["skills"][i][: cols["num_skills"][i]],
-            city=cols["city"][i],
-            relocate=cols["relocate"][i],
-            remote_pref=cols["remote_pref"][i],
-            salary=cols["salary"][i],
             past=list(zip(cols["past_title"][i], cols["past_company"][i], cols["past_years"][i]))[
                 : cols["num_past"][i]
             ],
         )
         for i in range(len(cols["family"]))
-    ]
-
-
-def render_jds(j: dict) -> list[str]:
-    """JD text of every job, from the structured arrays (see `market`)."""
-    cols = {k: v.tolist() for k, v in j.items()}
-    keys = (
-        "company",
-        "family",
-        "seniority",
-        "min_years",
-        "degree_level",
-        "degree_field",
-        "city",
-        "remote",
-        "salary_lo",
-        "salary_hi",
     )
-    return [
-        render_jd(
-            cols["template"][i],
-            **{k: cols[k][i] for k in keys},
+    return _render("cv", render_cv, facts, cols["template"], variation, seed)
+
+
+def render_jds(j: dict, variation: float = 0.0, seed: int = 0) -> list[str]:
+    """JD text of every job, from the structured arrays (see `market`); `variation` and `seed`
+    as for `render_cvs`. Every varied JD parses to the fields of its plain JD."""
+    cols = {k: v.tolist() for k, v in j.items()}
+    keys = "company family seniority min_years degree_level degree_field city remote".split()
+    facts = (
+        {k: cols[k][i] for k in keys + ["salary_lo", "salary_hi"]}
+        | dict(
             required=cols["required"][i][: cols["num_required"][i]],
             nice=cols["nice"][i][: cols["num_nice"][i]],
             duties=[d for d in cols["duties"][i] if d >= 0],
         )
         for i in range(len(cols["family"]))
-    ]
+    )
+    return _render("jd", render_jd, facts, cols["template"], variation, seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +238,7 @@ def _phrase_table() -> dict[tuple[str, ...], tuple[str, int]]:
     ):
         for i, p in enumerate(phrases):
             table[tuple(p.split())] = (kind, i)
-    return table
+    return table | styles.PARSE_ALIASES  # "sr data analyst", "a/b testing", "bramble & co"
 
 
 _PHRASES = _phrase_table()
@@ -251,6 +250,12 @@ _NICE_CUES = ("nice to have", "bonus", "plus", "desirable", "ideally")
 _YEARS = re.compile(r"(\d{1,2})\s*\+?\s*(?:years|year|yrs)\b")
 _SALARY = re.compile(r"(\d{2,3})\s*k\s*(?:to|-|–|and)\s*(\d{2,3})\s*k\b")
 _DEGREE = re.compile(r"\b(phd|master|bachelor)s?\b(?:'s)?(?:\s+degree)?\s+in\s+([a-z ]+)")
+# read only where the patterns above find nothing (so plain text parses as it always did)
+_SALARY_ALT = re.compile(
+    r"£?(\d{2,3})(?:,000|\s?k)?\s*(?:to|-|–|and)\s*£?(\d{2,3})(?:,000|\s?k|\s+thousand)\b"
+)
+_DEGREE_ALT = re.compile(r"\b(msc|ma|bsc|ba)\b(?:\s+degree)?\s+in\s+([a-z ]+)")
+_BULLET = ("- ", "* ", "• ")
 _LEVEL_WORDS = {
     "graduate": 0,
     "trainee": 0,
@@ -296,6 +301,10 @@ def _degree(low: str) -> tuple[int, int]:
     if "no degree" in low:
         return 0, -1
     m = _DEGREE.search(low)
+    alt = _DEGREE_ALT.search(low) if m is None else None
+    if alt is not None:  # "msc in statistics"
+        _, field = _longest(alt.group(2).split(), 0, _FIELDS)
+        return styles.PARSE_DEGREE_ABBR[alt.group(1)], -1 if field is None else field
     if m is None:
         level = next(
             (i for i, w in enumerate(tax.EDUCATION_LEVELS) if re.search(rf"\b{w}", low)), -1
@@ -311,12 +320,18 @@ def parse_jd(text) -> ParsedJD | None:
     if not isinstance(text, str) or not text.strip():
         return None
     low = text.lower()
-    required, nice, hits = [], [], []
-    for clause in _CLAUSE.split(low + " "):
-        clause_hits = _scan(clause)
-        hits += clause_hits
-        is_nice = any(re.search(rf"\b{c}\b", clause) for c in _NICE_CUES)
-        (nice if is_nice else required).extend(i for k, i in clause_hits if k == "skill")
+    required, nice, hits, nice_section = [], [], [], False
+    for line in low.split("\n"):  # one line (every plain template): clause by clause
+        bullet = line.lstrip().startswith(_BULLET)
+        line_cue = False
+        for clause in _CLAUSE.split(line + " "):
+            clause_hits = _scan(clause)
+            hits += clause_hits
+            cue = any(re.search(rf"\b{c}\b", clause) for c in _NICE_CUES)
+            line_cue |= cue
+            is_nice = cue or (bullet and nice_section)  # bullets under a "nice to have:" line
+            (nice if is_nice else required).extend(i for k, i in clause_hits if k == "skill")
+        nice_section = nice_section if bullet or not line.strip() else line_cue
     required = _unique(required)
     nice = tuple(s for s in _unique(nice) if s not in required)
     if not required:  # garbled cue words: every skill counts as required
@@ -334,13 +349,17 @@ def parse_jd(text) -> ParsedJD | None:
     remote = next(
         (
             i
-            for i, pat in ((2, r"\bremote\b"), (1, r"\bhybrid\b"), (0, r"\bon ?site\b|\boffice\b"))
+            for i, pat in (
+                (2, r"\bremote\b"),
+                (1, r"\bhybrid\b"),
+                (0, r"\bon[ -]?site\b|\boffice\b"),
+            )
             if re.search(pat, low)
         ),
         -1,
     )
     years = _YEARS.search(low)
-    salary = _SALARY.search(low)
+    salary = _SALARY.search(low) or _SALARY_ALT.search(low)
     lo, hi = sorted(int(x) for x in salary.groups()) if salary else (-1, -1)
     level, field = _degree(low)
     return ParsedJD(
@@ -364,18 +383,8 @@ def parse_jd(text) -> ParsedJD | None:
 def parsed_fields(parsed: list[ParsedJD]) -> dict[str, np.ndarray]:
     """Stacks parsed JDs into the arrays `_utility` reads, padding skill lists with -1."""
     out = {}
-    for key in (
-        "company",
-        "family",
-        "seniority",
-        "min_years",
-        "degree_level",
-        "degree_field",
-        "city",
-        "remote",
-        "salary_lo",
-        "salary_hi",
-    ):
+    keys = "company family seniority min_years degree_level degree_field city remote salary_lo"
+    for key in keys.split() + ["salary_hi"]:
         out[key] = np.array([getattr(p, key) for p in parsed], dtype=np.int64)
     for key in ("required", "nice"):
         width = max([1] + [len(getattr(p, key)) for p in parsed])

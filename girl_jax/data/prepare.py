@@ -104,7 +104,8 @@ def prepare(config, workdir: str) -> dict:
     else:
         train = df[df["split"] == "train"]
         corpus = list(train["cv"].unique()) + list(train["jd"].unique())
-        tok = Tokenizer.train(corpus, vocab_size=config.tokenizer.vocab_size)
+        normalize = config.tokenizer.get("normalize", "none")
+        tok = Tokenizer.train(corpus, vocab_size=config.tokenizer.vocab_size, normalize=normalize)
     tok.save(data_dir)
     info["vocab_size"] = tok.vocab_size
     info["splits"] = {s: int((df["split"] == s).sum()) for s in SPLITS}
@@ -119,6 +120,7 @@ def _market_kwargs(config) -> dict:
         seed=config.seed,
         positive_rate=config.data.positive_rate,
         applications_per_seeker=config.data.applications_per_seeker,
+        text_variation=config.data.get("text_variation", 0.0),
     )
 
 

@@ -15,13 +15,22 @@ Without an eos the load fails. Template markers a loaded tokenizer lacks are enc
 
 `encode` never adds specials (no post-processor: BERT's [CLS]/[SEP] are not inserted); the
 batching code places bos / eos itself.
+
+`train(..., normalize="nfkc_lower")` adds a normaliser (Unicode NFKC, then lower case) that
+runs before the byte-level pre-tokeniser, in training and in every later `encode`: "SQL" and
+"sql", or a full-width "ＳＱＬ", get the same ids. The normaliser is saved in tokenizer.json,
+so a loaded tokenizer (and `girl generate`) applies it too; a tokenizer.json without one loads
+and encodes as before. The specials are added tokens matched on the raw text before
+normalisation ("normalized": false), so each stays one id; their upper-case spellings
+("<|CV|>") are ordinary text. Decoding gives the normalised (lower-case) text back.
+`normalize="none"` (the default) trains exactly the tokenizer of earlier versions.
 """
 
 import json
 from pathlib import Path
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from girl_jax import atomic
 from girl_jax.errors import DataError
@@ -33,6 +42,16 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, CV_MARKER, JD_MARKER)  # index = fixed id 
 _EOS_NAMES = (EOS, "</s>", "<|endoftext|>", "[SEP]", "<|end_of_text|>", "<|im_end|>")
 _BOS_NAMES = (BOS, "<s>", "<|begin_of_text|>", "[CLS]")
 _PAD_NAMES = (PAD, "[PAD]", "<|pad|>")
+NORMALIZERS = ("none", "nfkc_lower")  # values of `tokenizer.normalize`
+
+
+def make_normalizer(name: str):
+    """The `tokenizers` normaliser called `name` (one of NORMALIZERS); None for "none"."""
+    if name == "none":
+        return None
+    if name == "nfkc_lower":
+        return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    raise DataError(f"tokenizer.normalize must be one of {NORMALIZERS}, got {name!r}")
 
 
 def _config_token(config: dict, key: str) -> str | None:
@@ -74,14 +93,20 @@ class Tokenizer:
         self.has_markers = CV_MARKER in vocab and JD_MARKER in vocab
 
     @classmethod
-    def train(cls, texts, vocab_size: int = 8192, min_frequency: int = 2) -> "Tokenizer":
-        """Trains a byte-level BPE on an iterable of strings; special ids fixed (module doc)."""
+    def train(
+        cls, texts, vocab_size: int = 8192, min_frequency: int = 2, normalize: str = "none"
+    ) -> "Tokenizer":
+        """Trains a byte-level BPE on an iterable of strings; special ids fixed, `normalize`
+        one of NORMALIZERS (module doc)."""
+        normalizer = make_normalizer(normalize)
         if vocab_size < len(SPECIAL_TOKENS) + 256:
             raise DataError(
                 f"tokenizer: vocab_size={vocab_size} is below the {len(SPECIAL_TOKENS) + 256} "
                 "ids that the specials and the 256 bytes need"
             )
         tk = tokenizers.Tokenizer(models.BPE())
+        if normalizer is not None:
+            tk.normalizer = normalizer
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tk.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
