@@ -1,4 +1,5 @@
 """girl_jax: GIRL (Generative Job Recommendation with LLMs) in JAX/Flax."""
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [

@@ -164,9 +164,9 @@ def _dispatch(args, overrides) -> int:
         print(f"wrote {path}")
         return 0
     if cmd == "generate":
-        from girl_jax import guidance  # deferred: `girl --help` imports no jax
+        from girl_jax.stages import generate_cli  # deferred: `girl --help` imports no jax
 
-        guidance.main(args, overrides)
+        generate_cli.main(args, overrides)
         return 0
     config = _load(args, overrides)
     if cmd == "plan":

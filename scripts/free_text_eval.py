@@ -5,8 +5,8 @@
 
 For every hand-written CV in tests/data/free_text_cvs/ (index.json: its true occupation family
 and the skills it mentions, by their taxonomy names), writes one greedy JD with the workdir's
-generator exactly as `girl generate` does (`girl_jax.guidance.load_generator`,
-`Generator.from_config`, the CV read by `guidance._read_cv`), parses it with
+generator exactly as `girl generate` does (`girl_jax.stages.generate_cli.load_generator`,
+`Generator.from_config`, the CV read by `generate_cli._read_cv`), parses it with
 `girl_jax.data.market_text.parse_jd` and reports, per generator x guard setting:
 
 * own_family: share of CVs whose JD is of the CV's own occupation family (a JD that does not
@@ -14,8 +14,8 @@ generator exactly as `girl generate` does (`girl_jax.guidance.load_generator`,
 * skill_share: mean over the JDs that name required skills of the share of those skills the
   CV mentions (skill_share_pooled: all JDs' required skills together);
 * parse_rate: share of JDs `parse_jd` reads as valid (a family and a required skill);
-* repeated_sentence: share of JDs with a sentence said twice (`guidance.repeated_sentences`);
-* repeated_skill: share of JDs naming a skill twice or more (`guidance.repeated_skills`);
+* repeated_sentence: share of JDs with a sentence said twice (`generate_cli.repeated_sentences`);
+* repeated_skill: share of JDs naming a skill twice or more (`generate_cli.repeated_skills`);
 * stutter: share of JDs with a word three times in a row ("make make make").
 
 `--market-seekers N` adds the same rows for the market's own CVs (the first N seekers, their
@@ -56,7 +56,7 @@ _STUTTER = re.compile(r"\b(\w+)(?:\W+\1\b){2,}", re.IGNORECASE)
 
 def load_cvs(cv_dir: str = CV_DIR, only=None, limit: int | None = None) -> list[dict]:
     """The index's CVs (file, family, skills) with their text as `girl generate` reads it."""
-    from girl_jax.guidance import _read_cv
+    from girl_jax.stages.generate_cli import _read_cv
 
     with open(os.path.join(cv_dir, "index.json")) as f:
         entries = json.load(f)["cvs"]
@@ -111,7 +111,7 @@ def text_setup(workdir: str) -> dict:
 
 def score(cvs: list[dict], jds: list[str]) -> dict:
     """The report's numbers for JDs `jds` written for `cvs` (same order), and per-CV rows."""
-    from girl_jax.guidance import parsed_fields, repeated_sentences, repeated_skills
+    from girl_jax.stages.generate_cli import parsed_fields, repeated_sentences, repeated_skills
 
     rows, shares, hits, asked = [], [], 0, 0
     for cv, jd in zip(cvs, jds, strict=True):
@@ -165,8 +165,8 @@ def generate_jds(workdir, config, generator, cvs, repetition_penalty, no_repeat_
     """Greedy JDs for `cvs` by the workdir's `generator`, as `girl generate` writes JD 1."""
     import jax
 
-    from girl_jax.guidance import load_generator
-    from girl_jax.stages.generation import Generator
+    from girl_jax.stages.generate_cli import load_generator
+    from girl_jax.stages.generator import Generator
 
     data, graphdef, params = load_generator(workdir, config, generator)
     gen = Generator.from_config(
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unrecognised arguments: {' '.join(bad)}")
 
-    from girl_jax.guidance import load_workdir_config
+    from girl_jax.stages.generate_cli import load_workdir_config
 
     workdir = os.path.abspath(args.workdir)
     config = load_workdir_config(workdir, args.config, overrides)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from girl_jax import guidance
 from girl_jax.data import market_taxonomy as tax
 from girl_jax.data import market_text
+from girl_jax.stages import generate_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -43,7 +43,7 @@ def test_index_lists_every_cv_with_taxonomy_labels():
 def test_load_cvs_reads_the_text_as_girl_generate_does():
     cvs = free_text_eval.load_cvs(CV_DIR, only=["data_01.txt", "nursing_02.txt"])
     assert [c["file"] for c in cvs] == ["data_01.txt", "nursing_02.txt"]
-    assert cvs[0]["text"] == guidance._read_cv(os.path.join(CV_DIR, "data_01.txt"))
+    assert cvs[0]["text"] == generate_cli._read_cv(os.path.join(CV_DIR, "data_01.txt"))
     assert "\n" not in cvs[0]["text"] and cvs[0]["family"] == "data"
     assert len(free_text_eval.load_cvs(CV_DIR, limit=3)) == 3
 
@@ -118,20 +118,22 @@ def test_score_gives_known_shares_on_stub_jds():
 
 def test_repeated_sentences_and_skills():
     text = "Join clear. Help every pupil reach their goals. Help every pupil reach their goals."
-    assert guidance.repeated_sentences(text) == ["help every pupil reach their goals"]
-    assert guidance.repeated_sentences("Role: a | Skills: b | Role: A") == ["role: a"]
-    assert guidance.repeated_sentences(_jd("data", ["sql", "excel"])) == []
-    assert guidance.repeated_skills("We need tutoring, tutoring, SQL and Power BI.") == ["tutoring"]
-    assert guidance.repeated_skills("sql, nosql") == []
+    assert generate_cli.repeated_sentences(text) == ["help every pupil reach their goals"]
+    assert generate_cli.repeated_sentences("Role: a | Skills: b | Role: A") == ["role: a"]
+    assert generate_cli.repeated_sentences(_jd("data", ["sql", "excel"])) == []
+    assert generate_cli.repeated_skills("We need tutoring, tutoring, SQL and Power BI.") == [
+        "tutoring"
+    ]
+    assert generate_cli.repeated_skills("sql, nosql") == []
 
 
 def test_parsed_fields_by_name():
-    fields = guidance.parsed_fields(_jd("data", ["sql", "excel"]))
+    fields = generate_cli.parsed_fields(_jd("data", ["sql", "excel"]))
     assert fields["valid"] and fields["family"] == "data" and fields["title"] == "data analyst"
     assert fields["required"] == ["sql", "excel"] and fields["nice"] == []
     assert (fields["salary_lo"], fields["salary_hi"], fields["min_years"]) == (40, 50, 3)
     assert fields["city"] == tax.CITIES[0] and fields["remote"] == "hybrid"
-    assert guidance.parsed_fields("") is None
+    assert generate_cli.parsed_fields("") is None
 
 
 # On a tiny trained workdir (data + SFT only: `--generator sft`).
@@ -166,7 +168,7 @@ def test_girl_generate_json(tiny_sft):
     res = run_cli([*argv, "--num", "2", "--json", "--no-repeat-ngram-size", "2"])
     assert res.code == 0 and res.error is None, (res.error, res.stderr[-3000:])
     out = json.loads(res.stdout)  # one JSON object, nothing else on stdout
-    assert out["generator"] == "sft" and out["cv"] == guidance._read_cv(cv)
+    assert out["generator"] == "sft" and out["cv"] == generate_cli._read_cv(cv)
     assert out["decoding"] == {
         "greedy_first": True,
         "best_of": 0,
@@ -176,8 +178,8 @@ def test_girl_generate_json(tiny_sft):
     assert [jd["kind"] for jd in out["jds"]] == ["greedy", "sample 1"]
     for jd in out["jds"]:
         assert isinstance(jd["text"], str)
-        assert jd["parsed"] == guidance.parsed_fields(jd["text"])
-        assert jd["repeated_sentences"] == guidance.repeated_sentences(jd["text"])
+        assert jd["parsed"] == generate_cli.parsed_fields(jd["text"])
+        assert jd["repeated_sentences"] == generate_cli.repeated_sentences(jd["text"])
     jobs = out["closest_jobs"]
     assert len(jobs) == 3 and all(set(j) == {"job_id", "similarity", "jd"} for j in jobs)
     sims = [j["similarity"] for j in jobs]
@@ -231,7 +233,7 @@ def test_generator_from_config_reads_the_guard():
     import ml_collections
 
     from girl_jax.configuration import load_config
-    from girl_jax.stages.generation import Generator
+    from girl_jax.stages.generator import Generator
 
     class Recorder(Generator):
         def __init__(self, *args, **kwargs):

@@ -12,7 +12,7 @@ import numpy as np
 from girl_jax.data import batches
 from girl_jax.metrics import read_metrics
 from girl_jax.stages import common, ppo_rewards
-from girl_jax.stages.generation import Generator, score_texts
+from girl_jax.stages.generator import Generator, score_texts
 from girl_jax.stages.scoring import score_dataset
 
 

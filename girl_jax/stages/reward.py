@@ -41,7 +41,7 @@ from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common, reward_probe, sft
-from girl_jax.stages.generation import Generator
+from girl_jax.stages.generator import Generator
 from girl_jax.stages.reward_data import pairwise_arrays, pointwise_arrays
 from girl_jax.stages.reward_ensemble import (
     ENSEMBLE_DIR,
@@ -149,7 +149,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             if cfg.ensemble_size:
                 features = reward_probe.cached_features(cfg, graphdef, params, train, val)
             params, probe_history = reward_probe.probe(
-                cfg, graphdef, params, train, val, config.seed, features=features
+                cfg, graphdef, params, train, val, config.seed, features, mesh=mesh, rules=rules
             )
         state = state.replace(params=common.fresh_copy(params, shardings.params))
     step_fn = jax.jit(

@@ -50,14 +50,8 @@ def _fit_ensemble(cfg, config, graphdef, params, model_fn, train, val, features,
     """Fits the K member heads on the frozen trunk's features and saves them (atomically)."""
     if features is None:
         features = reward_probe.cached_features(cfg, graphdef, params, train, val)
-    head_graphdef, main_head = nnx.split(nnx.merge(graphdef, params).reward_head)
+    head_graphdef = nnx.split(nnx.merge(graphdef, params).reward_head)[0]
     seeds = ensemble_seeds(config.seed, cfg.ensemble_size)
-    init = _head_init_fn(model_fn)
-
-    def init_head(seed):  # laid out like the main head: the probe's compiled step is reused
-        shardings = jax.tree.map(lambda a: a.sharding, main_head)
-        return jax.device_put(init(seed), shardings)
-
     bar = metrics_mod.Progress(cfg.ensemble_size, "reward ensemble")
 
     def on_member(k, m):
@@ -67,11 +61,13 @@ def _fit_ensemble(cfg, config, graphdef, params, model_fn, train, val, features,
     stacked, members = reward_probe.fit_ensemble(
         cfg,
         head_graphdef,
-        init_head,
+        _head_init_fn(model_fn),  # fit_head replicates each: the main probe's step, reused
         features,
         seeds,
         bootstrap=cfg.ensemble_bootstrap,
         on_member=on_member,
+        mesh=mesh_mod.make_mesh(config.mesh),
+        rules=rules_mod.normalize_rules(config.logical_axis_rules),
     )
     bar.close()
     info = {"size": cfg.ensemble_size, "bootstrap": cfg.ensemble_bootstrap, "seeds": seeds}

@@ -9,6 +9,9 @@ on validation AUC), then optionally fine-tunes everything from there (LP-FT, Kum
 
 The same cached features also fit a reward-model ensemble (`fit_ensemble`: K more heads on the
 frozen trunk, each from its own seed and bootstrap resample; Coste et al. 2023).
+
+The head's step is pure (`probe_train_step`), jitted like the other stages' steps: the batch
+rows over the mesh's data axes (logical rules), the head's state replicated and donated.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sklearn.metrics import roc_auc_score
 
 from girl_jax import metrics
 from girl_jax.models.heads import TOKEN_HEADS, pool_features
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import rules as rules_mod
+from girl_jax.parallel import state as state_mod
+from girl_jax.stages import common
 from girl_jax.stages.scoring import score_dataset, trimmed_width
 
 
@@ -50,19 +58,73 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else 0.5
 
 
+def probe_train_step(state, batch, rng, *, head_graphdef, tx, objective: str, margin: float):
+    """One optimizer update of the head alone: `state` a TrainState of the head's params,
+    `batch` {"x": cached features, "y": labels [B]} as `probe_loss` reads them (y unused,
+    pairwise). Pure: `_head_fns` jits it with the state donated."""
+    del rng  # no dropout: the step is deterministic
+    value, grads = jax.value_and_grad(probe_loss)(
+        state.params, head_graphdef, batch["x"], batch["y"], objective=objective, margin=margin
+    )
+    return state.apply_gradients(grads, tx), {"loss": value}
+
+
+def default_mesh() -> Mesh:
+    """The active mesh (a stage's: `common.activate_rules`), else data-parallel on all devices."""
+    mesh = rules_mod.active_mesh()
+    return mesh if isinstance(mesh, Mesh) else mesh_mod.make_mesh({"data": -1})
+
+
+def batch_shardings(mesh: Mesh, rules, batch_size: int, objective: str):
+    """(x, y) shardings of a batch of `batch_size` rows: the rows over the mesh axes the
+    logical rules give "batch" (those that divide `batch_size`), the rest replicated; pairwise
+    x [2, B, ...] has its rows on axis 1."""
+    spec = rules_mod.logical_to_mesh_spec(("batch",), rules, mesh, (batch_size,))
+    x_spec = spec if objective == "pointwise" else PartitionSpec(None, *spec)
+    return NamedSharding(mesh, x_spec), NamedSharding(mesh, spec)
+
+
+def init_probe_state(head_params, tx, mesh: Mesh):
+    """The probe's TrainState (head params, optimizer state), replicated on `mesh` (a head is
+    small: whole on every device, only its gradients are reduced) in fresh buffers: the step
+    donates it, the caller's `head_params` stay valid (device_put alone, may_alias=False too,
+    can alias a one-device array's buffer into the replicated one)."""
+    rep = rules_mod.replicated(mesh)
+    params = common.fresh_copy(jax.device_put(head_params, rep), rep)
+    return state_mod.TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), rep),
+        params=params,
+        opt_state=jax.jit(tx.init, out_shardings=rep)(params),
+        rest=nnx.State({}),
+    )
+
+
+def put_batch(x, y, x_sharding: NamedSharding, y_sharding: NamedSharding) -> dict:
+    """Host rows (every process holds all of them) -> the step's global batch {"x", "y"}."""
+
+    def put(a, sharding):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+    return {"x": jax.tree.map(lambda a: put(a, x_sharding), x), "y": put(y, y_sharding)}
+
+
 @functools.lru_cache(maxsize=8)
-def _head_fns(head_graphdef, objective: str, margin: float, learning_rate, weight_decay):
-    """(tx, jitted step, jitted score) of `fit_head`, shared by calls with the same head and
-    settings (an ensemble's members): compiled once, not once per member."""
+def _head_fns(head_graphdef, objective: str, margin: float, learning_rate, weight_decay, shardings):
+    """(tx, jitted step, jitted score) of `fit_head`, shared by calls with the same head,
+    settings and batch layout (an ensemble's members): compiled once, not once per member.
+    `shardings`: the batch's (x, y) shardings, from `batch_shardings`."""
+    x_sharding, y_sharding = shardings
     tx = optax.adamw(learning_rate, weight_decay=weight_decay)
-    loss = functools.partial(probe_loss, objective=objective, margin=margin)
-
-    @jax.jit
-    def step(hp, opt, x, y):
-        value, grads = jax.value_and_grad(loss)(hp, head_graphdef, x, y)
-        updates, opt = tx.update(grads, opt, hp)
-        return optax.apply_updates(hp, updates), opt, value
-
+    rep = rules_mod.replicated(x_sharding.mesh)
+    step = jax.jit(
+        functools.partial(
+            probe_train_step, head_graphdef=head_graphdef, tx=tx, objective=objective, margin=margin
+        ),
+        in_shardings=(rep, {"x": x_sharding, "y": y_sharding}, None),
+        out_shardings=(rep, None),
+        donate_argnums=(0,),
+    )
     score_fn = jax.jit(lambda hp, x: nnx.merge(head_graphdef, hp)(x))
     return tx, step, score_fn
 
@@ -85,6 +147,8 @@ def fit_head(
     margin: float = 0.0,
     on_epoch=None,
     rows: np.ndarray | None = None,
+    mesh: Mesh | None = None,
+    rules=None,
 ):
     """Adam on the head alone over cached features; returns (best head params, history).
 
@@ -94,11 +158,21 @@ def fit_head(
     val_y [M]); training stops after `patience` epochs without a better one. `rows` (indices
     into the N training rows, repeats allowed: a bootstrap resample) trains on those rows
     instead of all N, without copying the features.
+
+    The step (`probe_train_step`) runs on `mesh` (default: `default_mesh()`): the batch rows
+    split over the axes `rules` (default: the active ones) give "batch", the head's state
+    replicated and donated. The best head is returned replicated on `mesh`.
     """
-    tx, step, score_fn = _head_fns(head_graphdef, objective, margin, learning_rate, weight_decay)
+    mesh = default_mesh() if mesh is None else mesh
+    rules = rules_mod.active_rules() if rules is None else rules_mod.normalize_rules(rules)
     axis = 0 if objective == "pointwise" else 1
     rows = np.arange(_num_rows(train_x, axis)) if rows is None else np.asarray(rows)
     n = len(rows)
+    bs = min(batch_size, n)
+    x_sharding, y_sharding = batch_shardings(mesh, rules, bs, objective)
+    tx, step, score_fn = _head_fns(
+        head_graphdef, objective, margin, learning_rate, weight_decay, (x_sharding, y_sharding)
+    )
 
     def score(hp, x):
         m = _num_rows(x, 0)
@@ -109,9 +183,9 @@ def fit_head(
             ]
         )
 
-    bs = min(batch_size, n)
     rng = np.random.default_rng(seed)
-    opt = tx.init(head_params)
+    state = init_probe_state(head_params, tx, mesh)
+    no_labels = np.zeros((bs,), np.float32)  # pairwise: probe_loss does not read y
     best, best_auc, since, history = head_params, -1.0, 0, []
     for epoch in range(1, epochs + 1):
         perm = rng.permutation(n)
@@ -119,16 +193,17 @@ def fit_head(
         for b in range(0, n - bs + 1, bs):  # full batches only: one compiled shape
             idx = rows[perm[b : b + bs]]
             x = _rows(train_x, idx, axis)
-            y = train_y[idx] if train_y is not None else jnp.zeros((bs,), jnp.float32)
-            head_params, opt, value = step(head_params, opt, x, y)
-            losses.append(value)
-        val_auc = _auc(val_y, np.asarray(score(head_params, val_x)))
+            y = train_y[idx] if train_y is not None else no_labels
+            state, m = step(state, put_batch(x, y, x_sharding, y_sharding), None)
+            losses.append(m["loss"])
+        val_auc = _auc(val_y, np.asarray(score(state.params, val_x)))
         rec = {"probe_loss": float(np.mean(jax.device_get(losses))), "probe_val_auc": val_auc}
         history.append(rec)
         if on_epoch is not None:
             on_epoch(epoch, rec)
-        if val_auc > best_auc:
-            best, best_auc, since = head_params, val_auc, 0
+        if val_auc > best_auc:  # a copy: the next step donates (deletes) state.params
+            best = common.fresh_copy(state.params, rules_mod.replicated(mesh))
+            best_auc, since = val_auc, 0
         else:
             since += 1
             if since >= patience:
@@ -206,7 +281,8 @@ def cached_features(cfg, graphdef, params, train, val) -> Features:
     return Features(train_x, train_y, val_x, np.asarray(val["label"]))
 
 
-def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=None, on_epoch=None):
+def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=None, **kw):
+    """`fit_head` with the config's probe settings; `kw`: on_epoch, mesh, rules."""
     return fit_head(
         head_graphdef,
         head_params,
@@ -222,16 +298,28 @@ def _fit(cfg, head_graphdef, head_params, features: Features, seed: int, rows=No
         patience=cfg.probe_patience,
         seed=seed,
         margin=cfg.margin,
-        on_epoch=on_epoch,
         rows=rows,
+        **kw,
     )
 
 
-def probe(cfg, graphdef, params, train, val, seed: int, features: Features | None = None):
+def probe(
+    cfg,
+    graphdef,
+    params,
+    train,
+    val,
+    seed: int,
+    features: Features | None = None,
+    *,
+    mesh: Mesh | None = None,
+    rules=None,
+):
     """Fits the reward head on frozen-trunk features; returns (full params, history).
 
     `features`: from `cached_features(cfg, graphdef, params, train, val)`, computed here when
-    None (pass them to reuse them afterwards, e.g. for `fit_ensemble`).
+    None (pass them to reuse them afterwards, e.g. for `fit_ensemble`). `mesh`, `rules`: where
+    the head's step runs (`fit_head`).
     """
     if features is None:
         features = cached_features(cfg, graphdef, params, train, val)
@@ -243,7 +331,9 @@ def probe(cfg, graphdef, params, train, val, seed: int, features: Features | Non
         info = f"loss {rec['probe_loss']:.3f} val auc {rec['probe_val_auc']:.3f}"
         bar.update(epoch, info)
 
-    best, history = _fit(cfg, head_graphdef, head_params, features, seed, on_epoch=on_epoch)
+    best, history = _fit(
+        cfg, head_graphdef, head_params, features, seed, on_epoch=on_epoch, mesh=mesh, rules=rules
+    )
     bar.close()  # early stopping may end it before probe_epochs
     nnx.update(model.reward_head, best)
     return nnx.state(model, nnx.Param), history
@@ -263,6 +353,8 @@ def fit_ensemble(
     *,
     bootstrap: bool,
     on_member=None,
+    mesh: Mesh | None = None,
+    rules=None,
 ):
     """K more reward heads on the same cached features; returns (stacked params, members).
 
@@ -272,14 +364,15 @@ def fit_ensemble(
     fit_head's shuffling also uses seeds[k]) and is early-stopped on validation AUC like the
     main probe. The stacked params have K on axis 0 of every leaf; `members[k]` is
     {"seed", "epochs", "probe_val_auc" (the best epoch's), "history"}. `on_member(k, member)`
-    is called after each member is fitted.
+    is called after each member is fitted. `mesh`, `rules`: where the steps run (`fit_head`).
     """
     axis = 0 if cfg.objective == "pointwise" else 1
     n = _num_rows(features.train_x, axis)
     heads, members = [], []
     for k, seed in enumerate(seeds):
         rows = bootstrap_rows(n, seed) if bootstrap else None
-        best, history = _fit(cfg, head_graphdef, init_head(seed), features, seed, rows)
+        head = init_head(seed)
+        best, history = _fit(cfg, head_graphdef, head, features, seed, rows, mesh=mesh, rules=rules)
         heads.append(jax.device_get(best))
         member = {
             "seed": int(seed),

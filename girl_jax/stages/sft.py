@@ -27,7 +27,7 @@ from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common
-from girl_jax.stages.generation import Generator, score_texts
+from girl_jax.stages.generator import Generator, score_texts
 
 
 @dataclasses.dataclass(frozen=True)

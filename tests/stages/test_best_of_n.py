@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from girl_jax import overopt
-from girl_jax.stages.generation import best_of_n
+from girl_jax.stages.generator import best_of_n
 
 
 class FakeGenerator:

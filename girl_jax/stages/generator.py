@@ -1,4 +1,8 @@
-"""Writing JDs for CVs with a trained generator: fixed-shape batches through the jitted sampler."""
+"""Writing JDs for CVs with a trained generator: fixed-shape batches through the jitted sampler.
+
+`Generator` serves the generate stage (`generate.py`), `girl generate` (`generate_cli.py`) and
+the SFT, reward and PPO evaluations.
+"""
 
 from __future__ import annotations
 

@@ -3,10 +3,13 @@
 The generator is the final PPO actor (or SFT model); real jobs are ranked by cosine similarity
 between the generated JD and each job's JD, both embedded by the generator's trunk (mean-pooled
 final hidden states). For a market seeker (`--seeker-id`) each line also shows the oracle's
-acceptance probability. `--json` prints the same as one JSON object (`guidance_json`): the
+acceptance probability. `--json` prints the same as one JSON object (`generate_json`): the
 JDs with their fields as `girl_jax.data.market_text.parse_jd` reads them, and the closest jobs.
 Decoding uses the workdir config's repetition guard (`generate.repetition_penalty`,
 `generate.no_repeat_ngram_size`) unless `--repetition-penalty` / `--no-repeat-ngram-size` say.
+
+One name end to end: this command, the pipeline stage (`stages/generate.py`) and the
+`Generator` both use (`stages/generator.py`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from girl_jax.errors import CheckpointError, DataError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.stages import common, ppo, sft
-from girl_jax.stages.generation import Generator, best_of_n, reward_scorer
+from girl_jax.stages.generator import Generator, best_of_n, reward_scorer
 
 
 def _read_cv(path: str) -> str:
@@ -192,6 +195,7 @@ def main(args, overrides) -> None:
             reward_scorer(workdir, config, tok),
             [cv],
             best_of,
+            # "guidance": the command's first module name, kept: other keys, other samples
             common.fold_rng(config.seed, "guidance-bon", 0),
         )
     if n > 1:
@@ -233,7 +237,7 @@ def main(args, overrides) -> None:
         job["jd"] = str(jobs["jd"][j])
         closest.append(job)
     if getattr(args, "json", False):
-        out = guidance_json(cv, args.generator, guard, best_of, jds, closest, args.seeker_id)
+        out = generate_json(cv, args.generator, guard, best_of, jds, closest, args.seeker_id)
         print(json.dumps(out, ensure_ascii=False))
         return
     for k, jd in enumerate(jds):
@@ -249,7 +253,7 @@ def main(args, overrides) -> None:
         print(line + "\n  " + job["jd"])
 
 
-def guidance_json(cv, generator, guard, best_of, jds, closest, seeker_id=None) -> dict:
+def generate_json(cv, generator, guard, best_of, jds, closest, seeker_id=None) -> dict:
     """The `girl generate --json` object.
 
     ``{"cv", "generator", "seeker_id", "decoding": {"greedy_first", "best_of",
