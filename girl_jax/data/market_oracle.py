@@ -35,53 +35,106 @@ def _coverage(skills_PxK: np.ndarray, wanted_PxW: np.ndarray) -> np.ndarray:
     return has_PxW.sum(1) / np.maximum((wanted_PxW >= 0).sum(1), 1)
 
 
-def _utility(seekers: dict, sid: np.ndarray, job: dict, taste) -> np.ndarray:
-    """The recruiter's utility (logit before the bias) for each (seeker, job fields) pair."""
+def _utility_pieces(seekers: dict, sid: np.ndarray, job: dict, taste) -> list:
+    """The utility as (term, sign, array) pieces in the order they are summed (`_utility`)."""
     sk = seekers["skills"][sid]
-    u = 6.0 * _coverage(sk, job["required"]) + 1.0 * _coverage(sk, job["nice"])
-    # real jobs ask for >= 3 skills; a generated JD asking for fewer is less credible
-    u -= _MISSING_PENALTY * np.maximum(3 - (job["required"] >= 0).sum(1), 0)
     fam = job["family"]
-    u += np.where(
-        seekers["family"][sid] == fam,
-        1.0,
-        np.where(seekers["second_family"][sid] == fam, 0.2, -1.2),
-    )
-    u -= 0.8 * np.abs(seekers["seniority"][sid] - job["seniority"])
     years, need = seekers["years"][sid], job["min_years"]
-    u -= np.where(
-        need >= 0,
-        0.45 * np.minimum(np.maximum(need - years, 0), 5) + 0.06 * np.maximum(years - need - 10, 0),
-        _MISSING_PENALTY,
-    )
     level = job["degree_level"]
-    u -= np.where(
-        level >= 0, 0.9 * np.maximum(level - seekers["edu_level"][sid], 0), _MISSING_PENALTY
-    )
-    u += np.where(
-        (job["degree_field"] >= 0) & (job["degree_field"] == seekers["edu_field"][sid]), 0.4, 0.0
-    )
     city, remote = job["city"], job["remote"]
     local = (city == seekers["city"][sid]) | (city < 0)  # a missing city pays the flat penalty
     away = np.where(seekers["relocate"][sid] == 1, -0.7, -2.2)
-    u += np.where(remote == 2, 0.0, np.where(local, 0.0, np.where(remote == 1, 0.6 * away, away)))
-    u -= np.where((city < 0) & (remote != 2), _MISSING_PENALTY, 0.0)
     pref = seekers["remote_pref"][sid]
-    u -= np.where(pref == 2, np.select([remote == 0, remote == 1], [1.2, 0.4], 0.0), 0.0)
-    u -= np.where((pref == 0) & (remote == 2), 0.3, 0.0) + np.where(remote < 0, _MISSING_PENALTY, 0)
     hi = job["salary_hi"]
     gap = np.maximum(seekers["salary"][sid] - hi, 0) / np.maximum(hi, 1)
-    u -= np.where(hi > 0, 6.0 * gap, _MISSING_PENALTY)
     # pay far above the title's band is not credible (real jobs stay below ~1.4x the band)
     band = tax.SALARY_BAND[np.maximum(fam, 0), job["seniority"]]
-    u -= 4.0 * np.maximum(job["salary_lo"] / band - 1.5, 0.0)
     skill_CxS, alumni_CxC, tenure_C = taste
     c = np.maximum(job["company"], 0)
     liked = np.where(sk >= 0, skill_CxS[c[:, None], np.maximum(sk, 0)], 0.0).sum(1)
     past = seekers["past_company"][sid]
     liked += np.where(past >= 0, alumni_CxC[c[:, None], np.maximum(past, 0)], 0.0).sum(1)
     tenure = tenure_C[c] * (seekers["num_past"][sid] - 2)
-    return u + np.where(job["company"] >= 0, liked + tenure, 0.0)
+    sec = seekers["second_family"][sid]
+    return [
+        ("skills", 1, 6.0 * _coverage(sk, job["required"]) + 1.0 * _coverage(sk, job["nice"])),
+        # real jobs ask for >= 3 skills; a generated JD asking for fewer is less credible
+        ("skills", -1, _MISSING_PENALTY * np.maximum(3 - (job["required"] >= 0).sum(1), 0)),
+        (
+            "family",
+            1,
+            np.where(seekers["family"][sid] == fam, 1.0, np.where(sec == fam, 0.2, -1.2)),
+        ),
+        ("seniority", -1, 0.8 * np.abs(seekers["seniority"][sid] - job["seniority"])),
+        (
+            "years",
+            -1,
+            np.where(
+                need >= 0,
+                0.45 * np.minimum(np.maximum(need - years, 0), 5)
+                + 0.06 * np.maximum(years - need - 10, 0),
+                _MISSING_PENALTY,
+            ),
+        ),
+        (
+            "degree",
+            -1,
+            np.where(
+                level >= 0, 0.9 * np.maximum(level - seekers["edu_level"][sid], 0), _MISSING_PENALTY
+            ),
+        ),
+        (
+            "degree",
+            1,
+            np.where(
+                (job["degree_field"] >= 0) & (job["degree_field"] == seekers["edu_field"][sid]),
+                0.4,
+                0.0,
+            ),
+        ),
+        (
+            "location",
+            1,
+            np.where(
+                remote == 2, 0.0, np.where(local, 0.0, np.where(remote == 1, 0.6 * away, away))
+            ),
+        ),
+        ("location", -1, np.where((city < 0) & (remote != 2), _MISSING_PENALTY, 0.0)),
+        (
+            "location",
+            -1,
+            np.where(pref == 2, np.select([remote == 0, remote == 1], [1.2, 0.4], 0.0), 0.0),
+        ),
+        (
+            "location",
+            -1,
+            np.where((pref == 0) & (remote == 2), 0.3, 0.0)
+            + np.where(remote < 0, _MISSING_PENALTY, 0),
+        ),
+        ("salary", -1, np.where(hi > 0, 6.0 * gap, _MISSING_PENALTY)),
+        ("salary", -1, 4.0 * np.maximum(job["salary_lo"] / band - 1.5, 0.0)),
+        ("company", 1, np.where(job["company"] >= 0, liked + tenure, 0.0)),
+    ]
+
+
+def utility_terms(seekers: dict, sid: np.ndarray, job: dict, taste) -> dict[str, np.ndarray]:
+    """The recruiter's utility term by term: skills, family, seniority, years, degree, location
+    (city, remote, the seeker's remote preference), salary, company (its taste). They sum to
+    `_utility` up to rounding (scripts/oracle_terms.py prints them for generated JDs)."""
+    out: dict[str, np.ndarray] = {}
+    for name, sign, value in _utility_pieces(seekers, sid, job, taste):
+        out[name] = out.get(name, 0.0) + sign * value
+    return out
+
+
+def _utility(seekers: dict, sid: np.ndarray, job: dict, taste) -> np.ndarray:
+    """The recruiter's utility (logit before the bias) for each (seeker, job fields) pair:
+    the pieces summed in their fixed order, so the market's labels never change."""
+    pieces = _utility_pieces(seekers, sid, job, taste)
+    u = pieces[0][2]
+    for _, sign, value in pieces[1:]:
+        u = u + value if sign > 0 else u - value
+    return u
 
 
 def _sigmoid(x):
