@@ -10,7 +10,7 @@ one device. (`jax.jit(tx.init)` alone would leave Adam moments replicated.)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -162,6 +162,37 @@ def create_train_state(
     graphdef, _, shardings, init = abstract_train_state(model_fn, tx, mesh, rules, rng=key)
     state = jax.jit(init, out_shardings=shardings)(key)
     return graphdef, state, shardings
+
+
+class StageState(NamedTuple):
+    """What a stage's `build_state` returns: one train state, abstract or real, and its pieces.
+
+    `state` holds ShapeDtypeStructs carrying their shardings (abstract) or sharded arrays;
+    `shardings` is the same tree of NamedShardings; `tx` the optimizer the state was made for.
+    """
+
+    graphdef: nnx.GraphDef
+    state: TrainState
+    shardings: TrainState
+    tx: optax.GradientTransformation
+
+
+def build_train_state(
+    model_fn: ModelFn,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules: Any = None,
+    *,
+    abstract: bool,
+    seed: int = 0,
+) -> StageState:
+    """`abstract_train_state` (abstract: nothing allocated) or `create_train_state` (the real,
+    sharded state from `seed`): the same tree, shapes, dtypes and shardings either way."""
+    if abstract:
+        graphdef, state, shardings, _ = abstract_train_state(model_fn, tx, mesh, rules, seed=seed)
+    else:
+        graphdef, state, shardings = create_train_state(model_fn, tx, mesh, rules, seed=seed)
+    return StageState(graphdef, state, shardings, tx)
 
 
 def shard_params(

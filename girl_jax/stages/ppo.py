@@ -1,7 +1,8 @@
 """Stage 3, PPO against the frozen reward model with a KL penalty to the frozen SFT reference.
 
-This module is the driver: `PPOConfig`, `build` (actor from SFT, critic and frozen reward model
-from the RM, reference = SFT, optimizers, shardings), and `train_and_evaluate` (restore or init,
+This module is the driver: `PPOConfig`, `build_state` (actor from SFT, critic and frozen reward
+model from the RM, reference = SFT, optimizers, shardings; abstract for `girl plan`, the roles in
+`ppo_state`), `build` (its real state), and `train_and_evaluate` (restore or init,
 one jitted `ppo_step.train_step` per iteration, evaluate with the market oracle, checkpoint).
 The pure pieces — rollout, clipped loss, update — are in `girl_jax.stages.ppo_step`.
 Reads WORKDIR/{sft,reward}, writes WORKDIR/ppo/.
@@ -15,36 +16,20 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from girl_jax import checkpoint as ckpt_mod
 from girl_jax import metrics as metrics_mod
 from girl_jax import preemption, report, sampling, wandb_writer
 from girl_jax.data import batches, pipeline, prepare
 from girl_jax.errors import ConfigError
-from girl_jax.models.decoder import Decoder
-from girl_jax.models.heads import ScalarHead, ScoreModel, transplant_trunk
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.parallel.rules import replicated
-from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import registry
-from girl_jax.stages import common, ppo_eval, ppo_rewards, reward, sft
-from girl_jax.stages.ppo_step import (
-    Frozen,
-    Graphs,
-    PPOState,
-    init_hyper,
-    sample_step,
-    scaled_optimizer,
-    sequence_scores,
-    train_step,
-    update_step,
-)
+from girl_jax.stages import common, ppo_eval, ppo_rewards, ppo_state
+from girl_jax.stages.ppo_step import sample_step, sequence_scores, train_step, update_step
 
 # `ppo.algorithm` presets, the keys each sets over the config's. bon_distill: best-of-n
 # distillation (RAFT / ReST): each group's best sample is fitted by plain NLL, the rest ignored.
@@ -193,69 +178,26 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
 # ---------------------------------------------------------------- driver
 
 
-def build(config, workdir: str, data, mesh, rules):
-    """Everything PPO holds: graphs, the initial state, frozen roles, optimizers, shardings."""
+def build_state(
+    config, mesh, rules, *, vocab_size: int, abstract: bool, workdir: str | None = None
+) -> ppo_state.PPOBuilt:
+    """PPO's graphs, state and shardings, frozen roles (reference, reward model, ensemble) and
+    their shardings, optimizers and KL controller (`ppo_state.build_roles`). abstract:
+    ShapeDtypeStructs with shardings (`girl plan`); else the real state, the actor from the
+    final SFT model and the critic from the reward model in `workdir`."""
     cfg = PPOConfig.from_config(config.ppo)
-    tok = data.tokenizer
-    mcfg = common.decoder_config(config, tok.vocab_size)
-    updates = cfg.iterations * cfg.epochs * cfg.minibatches
-    # Learning rate 1, scaled by a rate in the optimizer state (ppo_step.scaled_optimizer).
-    actor_tx = scaled_optimizer(
-        common.make_optimizer(1.0, updates, grad_clip=cfg.grad_clip, cosine=False),
-        cfg.learning_rate,
-    )
-    critic_tx = scaled_optimizer(
-        common.make_optimizer(1.0, updates, grad_clip=cfg.grad_clip, cosine=False),
-        cfg.critic_learning_rate,
-    )
-    sft_graph, sft_params = sft.load_final_params(workdir, config, tok.vocab_size)
-    rm_graph, rm_params = reward.load_final_params(workdir, config, tok.vocab_size)
-    actor_graph, actor, actor_sh = state_mod.create_train_state(
-        lambda rngs: Decoder(mcfg, rngs=rngs), actor_tx, mesh, rules, seed=config.seed
-    )
-    actor = actor.replace(params=common.fresh_copy(sft_params, actor_sh.params))
-    if cfg.critic == "value_head":  # a zero-initialised value head on the policy's trunk
-        critic_graph, critic, critic_sh = state_mod.create_train_state(
-            lambda rngs: ScalarHead(mcfg.d_model, rngs=rngs), critic_tx, mesh, rules
-        )
-    else:
-        critic_graph, critic, critic_sh = state_mod.create_train_state(
-            lambda rngs: ScoreModel(mcfg, rngs=rngs), critic_tx, mesh, rules, seed=config.seed
-        )
-        # The critic starts from the reward model's trunk (and its head when it is the same
-        # per-token linear head; a pooled reward head does not give per-token values).
-        if isinstance(nnx.merge(rm_graph, rm_params), ScoreModel):
-            critic_params = rm_params
-        else:
-            critic_params = transplant_trunk(rm_params, critic.params)
-        critic = critic.replace(params=common.fresh_copy(critic_params, critic_sh.params))
-    controller = kl_mod.make_kl_controller(
-        cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
-    )
-    kl_state = controller.init()
-    state = PPOState(
-        actor=actor,
-        critic=critic,
-        kl=kl_state,
-        iteration=jnp.zeros((), jnp.int32),
-        hyper=init_hyper(cfg),
+    return ppo_state.build_roles(
+        cfg, config, mesh, rules, vocab_size=vocab_size, abstract=abstract, workdir=workdir
     )
 
-    rep = replicated(mesh)
-    shardings = PPOState(
-        actor=actor_sh,
-        critic=critic_sh,
-        kl=jax.tree.map(lambda _: rep, kl_state),
-        iteration=rep,
-        hyper=jax.tree.map(lambda _: rep, state.hyper),
+
+def build(config, workdir: str, data, mesh, rules):
+    """Everything PPO holds, real: (cfg, graphs, state, shardings, frozen, (actor_tx, critic_tx,
+    controller)), from `build_state(abstract=False)`."""
+    b = build_state(
+        config, mesh, rules, vocab_size=data.tokenizer.vocab_size, abstract=False, workdir=workdir
     )
-    state = jax.device_put(state, shardings)
-    graphs = Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
-    ensemble = None
-    if any(t.kind == "ensemble" for t in cfg.reward_terms):
-        _, _, ensemble = reward.load_final_ensemble(workdir, config, tok.vocab_size)
-    frozen = Frozen(reference=sft_params, reward=rm_params, ensemble=ensemble)
-    return cfg, graphs, state, shardings, frozen, (actor_tx, critic_tx, controller)
+    return b.cfg, b.graphs, b.state, b.shardings, b.frozen, (b.actor_tx, b.critic_tx, b.controller)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -392,9 +334,9 @@ def load_final_actor(workdir: str, config, data, mesh, rules):
     """(graphdef, params) of the final PPO actor. Builds the actor alone, abstractly (no critic,
     reward model or reference), and reads only its parameters from the checkpoint, so PPO
     states of other layouts (critic kinds, optimizers, earlier versions) load too."""
-    mcfg = common.decoder_config(config, data.tokenizer.vocab_size)
-    graph, abstract, _, _ = state_mod.abstract_train_state(
-        lambda rngs: Decoder(mcfg, rngs=rngs), optax.identity(), mesh, rules
+    model_fn = ppo_state.actor_model_fn(config, data.tokenizer.vocab_size)
+    graph, abstract, _, _ = state_mod.build_train_state(
+        model_fn, optax.identity(), mesh, rules, abstract=True
     )
     restored, _, _ = ckpt_mod.restore_final_state(
         os.path.join(workdir, "ppo"), "ppo", {"actor": {"params": abstract.params}}, partial=True

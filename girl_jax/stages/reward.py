@@ -14,9 +14,10 @@ reads them with `load_final_ensemble` and scores with `ensemble_scores` (one tru
 heads vmapped), aggregating with `girl_jax.rl.ensemble.aggregate`. The main reward model is
 the same with or without an ensemble.
 
-This module is the driver (`train_and_evaluate`); the config, losses, step, builder and loader
-are in `reward_step`, the training arrays in `reward_data`, the probe in `reward_probe`, the
-ensemble in `reward_ensemble`, batched scoring in `scoring`. Their names import from here too.
+This module is the driver (`train_and_evaluate`); the config, losses, step, builders (the
+model's and `build_state`, the train state's) and loader are in `reward_step`, the training
+arrays in `reward_data`, the probe in `reward_probe`, the ensemble in `reward_ensemble`,
+batched scoring in `scoring`. Their names import from here too.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from girl_jax.stages.reward_step import (
     LOSSES,
     RewardConfig,
     build_model_fn,
+    build_state,
     load_final_params,
     make_tx,
     pairwise_loss,
@@ -69,7 +71,7 @@ from girl_jax.stages.reward_step import (
 from girl_jax.stages.scoring import score_dataset, trimmed_width
 
 # The stage's names, importable from here as before they moved to reward_step (config, losses,
-# step, builder, loader), reward_data, reward_ensemble and scoring (plans.py reads _abstract_heads).
+# step, builders, loader), reward_data, reward_ensemble and scoring (_abstract_heads included).
 __all__ = [
     "ENSEMBLE_DIR",
     "ENSEMBLE_EVAL_LAM",
@@ -77,6 +79,7 @@ __all__ = [
     "RewardConfig",
     "_abstract_heads",
     "build_model_fn",
+    "build_state",
     "ensemble_member_params",
     "ensemble_scores",
     "ensemble_seeds",
@@ -116,10 +119,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
     sft_graphdef, sft_params = sft.load_final_params(workdir, config, tok.vocab_size)
     mcfg, model_fn = build_model_fn(config, tok.vocab_size, config.seed)
-
-    tx = make_tx(cfg)
-    graphdef, state, shardings = state_mod.create_train_state(
-        model_fn, tx, mesh, rules, seed=config.seed
+    graphdef, state, shardings, tx = build_state(
+        config, mesh, rules, vocab_size=tok.vocab_size, abstract=False
     )
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
     train_df = data.split("train")

@@ -1,6 +1,7 @@
 """The reward stage's config and pure step: `RewardConfig`, the pointwise / pairwise losses, the
-jittable `train_step`, the model builder (`build_model_fn`, `make_tx`) and `load_final_params`,
-the loader of the final reward model that PPO and generation use.
+jittable `train_step`, the model builder (`build_model_fn`, `make_tx`), the state builder
+(`build_state`: the driver, `girl plan` and the loader use it) and `load_final_params`, the
+loader of the final reward model that PPO and generation use.
 """
 
 from __future__ import annotations
@@ -212,13 +213,27 @@ def make_tx(cfg: RewardConfig):
     )
 
 
+def build_state(config, mesh, rules, *, vocab_size: int, abstract: bool) -> state_mod.StageState:
+    """The reward stage's train state: `build_model_fn`'s model (the configured head) and its
+    optimizer (`make_tx`), sharded on `mesh`. abstract: ShapeDtypeStructs with shardings,
+    nothing allocated (`girl plan`, the final-model loader, PPO's plan); else the real state
+    from `config.seed` (the driver then puts the SFT trunk in). Returns
+    `StageState(graphdef, state, shardings, tx)`.
+    """
+    cfg = RewardConfig.from_config(config.reward)
+    _, model_fn = build_model_fn(config, vocab_size, config.seed)
+    return state_mod.build_train_state(
+        model_fn, make_tx(cfg), mesh, rules, abstract=abstract, seed=config.seed
+    )
+
+
 def load_final_params(workdir: str, config, vocab_size: int):
     """(graphdef, params) of the final reward model."""
-    cfg = RewardConfig.from_config(config.reward)
     mesh = mesh_mod.make_mesh(config.mesh)
     rules = rules_mod.normalize_rules(config.logical_axis_rules)
-    _, model_fn = build_model_fn(config, vocab_size, config.seed)
-    graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, make_tx(cfg), mesh, rules)
+    graphdef, abstract, _, _ = build_state(
+        config, mesh, rules, vocab_size=vocab_size, abstract=True
+    )
     state, _, _ = ckpt_mod.restore_final_state(
         os.path.join(workdir, "reward"), "reward", abstract, needed_by="ppo"
     )

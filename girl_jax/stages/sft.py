@@ -157,6 +157,33 @@ def build_model_fn(config, vocab_size: int, seed: int):
     return mcfg, (lambda rngs: Decoder(mcfg, rngs=rngs))
 
 
+def make_tx(cfg: SFTConfig):
+    return common.make_optimizer(
+        cfg.learning_rate,
+        cfg.steps,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
+
+
+def build_state(config, mesh, rules, *, vocab_size: int, abstract: bool) -> state_mod.StageState:
+    """The SFT train state: the decoder of `config.model` and its AdamW state, sharded on `mesh`.
+
+    abstract: ShapeDtypeStructs with shardings, nothing allocated (`girl plan`, the final-model
+    loader); else the real state from `config.seed`, or with `sft.init_from` the pretrained
+    weights (whose shapes `config.model` must describe: the abstract state is the config's).
+    Returns `StageState(graphdef, state, shardings, tx)`.
+    """
+    cfg = SFTConfig.from_config(config.sft)
+    _, model_fn = build_model_fn(config, vocab_size, config.seed)
+    if cfg.init_from and not abstract:
+        model_fn = lambda rngs: from_pretrained(cfg.init_from)  # noqa: E731
+    return state_mod.build_train_state(
+        model_fn, make_tx(cfg), mesh, rules, abstract=abstract, seed=config.seed
+    )
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Restore or init, train, evaluate, checkpoint; a finished stage returns its eval.json."""
     with common.activate_rules(config):
@@ -182,18 +209,9 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     train = _arrays(tok, train_df, cfg)
     val = _arrays(tok, val_df.iloc[: cfg.eval_batches * global_batch], cfg)
 
-    mcfg, model_fn = build_model_fn(config, tok.vocab_size, config.seed)
-    if cfg.init_from:
-        model_fn = lambda rngs: from_pretrained(cfg.init_from)  # noqa: E731
-    tx = common.make_optimizer(
-        cfg.learning_rate,
-        cfg.steps,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-    )
-    graphdef, state, shardings = state_mod.create_train_state(
-        model_fn, tx, mesh, rules, seed=config.seed
+    mcfg = common.decoder_config(config, tok.vocab_size)
+    graphdef, state, shardings, tx = build_state(
+        config, mesh, rules, vocab_size=tok.vocab_size, abstract=False
     )
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, accum=cfg.grad_accum),
@@ -288,20 +306,13 @@ def _slice(arrays, start, size):
 
 
 def load_final_params(workdir: str, config, vocab_size: int):
-    """(graphdef, params) of the final SFT model, replicated on the current mesh."""
+    """(graphdef, params) of the final SFT model, sharded on the config's mesh as it trained."""
     out_dir = os.path.join(workdir, "sft")
     ckpt_mod.read_final(out_dir, "sft")
     mesh = mesh_mod.make_mesh(config.mesh)
     rules = rules_mod.normalize_rules(config.logical_axis_rules)
-    sft_cfg = SFTConfig.from_config(config.sft)
-    _, model_fn = build_model_fn(config, vocab_size, config.seed)
-    tx = common.make_optimizer(
-        sft_cfg.learning_rate,
-        sft_cfg.steps,
-        warmup_steps=sft_cfg.warmup_steps,
-        weight_decay=sft_cfg.weight_decay,
-        grad_clip=sft_cfg.grad_clip,
+    graphdef, abstract, _, _ = build_state(
+        config, mesh, rules, vocab_size=vocab_size, abstract=True
     )
-    graphdef, abstract, _, _ = state_mod.abstract_train_state(model_fn, tx, mesh, rules)
     state, _, _ = ckpt_mod.restore_final_state(out_dir, "sft", abstract)
     return graphdef, state.params
