@@ -232,3 +232,15 @@ def test_bon_distill_algorithm_sets_its_keys_and_bad_names_fail():
     c.update(algorithm="bon_distill", group_size=1)
     with pytest.raises(ConfigError, match="group_size>1"):
         ppo.PPOConfig.from_config(c)
+
+
+def test_gold_variant_is_the_default_but_ppo():
+    from girl_jax.configuration import load_config
+
+    default, gold = load_config("configs/default.py"), load_config("configs/default.py:gold")
+    for key in default.keys():
+        if key not in ("ppo", "name"):
+            assert str(gold[key]) == str(default[key]), key
+    cfg = ppo.PPOConfig.from_config(gold.ppo)
+    assert ppo_rewards.is_gold(cfg.reward_terms)
+    assert (cfg.algorithm, cfg.advantage, cfg.policy_loss) == ("bon_distill", "bon", "nll")
