@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from girl_jax.data import market_styles, market_text
 from girl_jax.data import market_taxonomy as tax
-from girl_jax.data import market_text
 
 KINDS = ("city", "pay", "years", "degree", "skills")
 # Opt-in kinds (`reward.synthetic_negative_kinds`): "repeat" repeats a required skill the
@@ -58,6 +58,37 @@ def _corrupt_one(kind: str, job: dict, seeker: dict, rng: np.random.Generator) -
     return job
 
 
+def _job_facts(j: dict, jid: int) -> dict:
+    """The facts `market_text.render_jd` writes job `jid` from (the market's job arrays `j`)."""
+    return dict(
+        company=int(j["company"][jid]),
+        family=int(j["family"][jid]),
+        seniority=int(j["seniority"][jid]),
+        required=[int(x) for x in j["required"][jid][: j["num_required"][jid]]],
+        nice=[int(x) for x in j["nice"][jid][: j["num_nice"][jid]]],
+        min_years=int(j["min_years"][jid]),
+        degree_level=int(j["degree_level"][jid]),
+        degree_field=int(j["degree_field"][jid]),
+        city=int(j["city"][jid]),
+        remote=int(j["remote"][jid]),
+        salary_lo=int(j["salary_lo"][jid]),
+        salary_hi=int(j["salary_hi"][jid]),
+        duties=[int(d) for d in j["duties"][jid] if d >= 0],
+    )
+
+
+def _render_like(market, jid: int, facts: dict) -> str:
+    """`facts` written the way the market wrote job `jid`: its template, or, on a market with
+    `text_variation`, the same varied style (the row's own draws), so that a negative differs
+    from its positive in the corrupted field and never in the style."""
+    variation = float(market.config.get("text_variation", 0.0))
+    if variation > 0:
+        rng = market_styles.row_rng(int(market.config.get("seed", 0)), "jd", jid)
+        if rng.random() < variation:
+            return market_styles.vary_jd(rng, **facts)
+    return market_text.render_jd(int(market.jobs["template"][jid]), **facts)
+
+
 def corrupt(
     market, seeker_ids, job_ids, seed: int, kinds: tuple[str, ...] = KINDS
 ) -> tuple[list[str], list[str]]:
@@ -70,21 +101,7 @@ def corrupt(
     j, s = market.jobs, market.seekers
     texts, drawn = [], []
     for sid, jid in zip(np.asarray(seeker_ids).tolist(), np.asarray(job_ids).tolist()):
-        job = dict(
-            company=int(j["company"][jid]),
-            family=int(j["family"][jid]),
-            seniority=int(j["seniority"][jid]),
-            required=[int(x) for x in j["required"][jid][: j["num_required"][jid]]],
-            nice=[int(x) for x in j["nice"][jid][: j["num_nice"][jid]]],
-            min_years=int(j["min_years"][jid]),
-            degree_level=int(j["degree_level"][jid]),
-            degree_field=int(j["degree_field"][jid]),
-            city=int(j["city"][jid]),
-            remote=int(j["remote"][jid]),
-            salary_lo=int(j["salary_lo"][jid]),
-            salary_hi=int(j["salary_hi"][jid]),
-            duties=[int(d) for d in j["duties"][jid] if d >= 0],
-        )
+        job = _job_facts(j, jid)
         seeker = dict(
             city=int(s["city"][sid]),
             salary=float(s["salary"][sid]),
@@ -93,9 +110,7 @@ def corrupt(
             skills=[int(x) for x in s["skills"][sid][: s["num_skills"][sid]]],
         )
         kind = kinds[int(rng.integers(len(kinds)))]
-        texts.append(
-            market_text.render_jd(int(j["template"][jid]), **_corrupt_one(kind, job, seeker, rng))
-        )
+        texts.append(_render_like(market, jid, _corrupt_one(kind, job, seeker, rng)))
         drawn.append(kind)
     return texts, drawn
 

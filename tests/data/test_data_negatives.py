@@ -102,3 +102,15 @@ def test_negative_kinds_config_is_validated():
     c = load_config("configs/default.py", ["reward.synthetic_negative_kinds=city,bogus"])
     with pytest.raises(ConfigError, match="synthetic_negative_kinds"):
         RewardConfig.from_config(c.reward)
+
+
+@pytest.mark.parametrize("variation", [0.0, 0.6])
+def test_negatives_keep_the_style_of_their_positive(variation):
+    m = market.generate(num_seekers=80, num_jobs=40, seed=3, text_variation=variation)
+    for jid in range(40):  # the unchanged facts re-render to the market's own JD, style and all
+        assert negatives._render_like(m, jid, negatives._job_facts(m.jobs, jid)) == m.jds[jid]
+    p = m.pairs
+    pos = np.flatnonzero(p["label"] == 1)[:40]
+    texts, kinds = negatives.corrupt(m, p["seeker_id"][pos], p["job_id"][pos], seed=0)
+    for text, kind in zip(texts, kinds):  # a negative still parses, in whatever style
+        assert market_text.parse_jd(text) is not None, (kind, text)
