@@ -371,7 +371,7 @@ def test_groups_with_signal_errors():
 
 def test_registered_names():
     assert {"dr_grpo", "reinforce_pp", "reinforce_pp_baseline"} <= set(registry.names("advantage"))
-    assert set(registry.names("policy_loss")) == {"clipped", "dual_clip", "gspo"}
+    assert set(registry.names("policy_loss")) == {"clipped", "dual_clip", "gspo", "nll"}
 
 
 def test_bon_marks_each_groups_best_row():

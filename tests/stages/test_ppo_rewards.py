@@ -243,4 +243,5 @@ def test_gold_variant_is_the_default_but_ppo():
             assert str(gold[key]) == str(default[key]), key
     cfg = ppo.PPOConfig.from_config(gold.ppo)
     assert ppo_rewards.is_gold(cfg.reward_terms)
-    assert (cfg.algorithm, cfg.advantage, cfg.policy_loss) == ("bon_distill", "bon", "nll")
+    assert (cfg.algorithm, cfg.advantage, cfg.policy_loss) == ("ppo", "grpo", "clipped")
+    assert (cfg.temperature, cfg.batch_size, cfg.kl_coef) == (0.35, 256, 0.0)
