@@ -12,6 +12,12 @@ reward model in the default pipeline:
   words in the JD pays for repeating a CV skill, which no recruiter does (docs/rl.md).
 - `distinct_cv_skills`: the number of distinct CV phrases the JD's lists name, over 5 (a
   text-only stand-in for "asks for skills the seeker has").
+
+A reward function may instead return `Spans`: per JD, a list of ``(char_end, value)`` pairs, a
+value credited at the token that holds character ``char_end - 1`` of the JD (token-level
+credit, e.g. a reward for each skill where it is written). `ppo.advantage=grpo_process` uses
+them as step rewards (GRPO's process supervision), GAE and REINFORCE++ as per-token rewards;
+the other estimators see each JD's sum as part of its sequence reward (docs/rl.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
+
+class Spans(list):
+    """A span reward's result: one list of ``(char_end, value)`` pairs per JD, in order."""
+
 
 _SPLIT = re.compile(r"[,;|.:\n]+|\band\b|\bor\b")
 

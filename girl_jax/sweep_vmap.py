@@ -182,7 +182,10 @@ def _run_group(cells, console) -> float:
     if start and all(os.path.exists(p) for p in start_path):
         start_evals = [json.load(open(p)) for p in start_path]
     else:  # every cell starts from the same SFT model: evaluate it once
-        ev, texts = evaluate(frozen.reference)
+        ref = frozen.reference  # None with a shared base: a cell's actor, adapters off
+        if ref is None:
+            ref = ppo_step.reference_params(unstack(state.actor.params, 0), frozen)
+        ev, texts = evaluate(ref)
         start_evals = [dict(ev) for _ in cells]
         for p in start_path:
             ckpt_mod.write_json_atomic(p, {**ev, "samples": texts[:8]})

@@ -20,6 +20,12 @@ advantage -- ``fn(*, rewards, values, mask, scores, config) -> (advantages_BxT, 
                returns = that sequence reward broadcast over valid tokens
     dr_grpo    group_size; Dr. GRPO: grpo with the group mean removed and never divided
                by the std (ignores scale_by_std); sequence reward and returns as grpo
+    grpo_process
+               group_size, grpo_eps; grpo plus GRPO's process supervision (DeepSeekMath):
+               takes ``steps=(values_BxT, step_mask_BxT)``, step rewards at the tokens where
+               each step ends (span rewards, `girl_jax.rewards.Spans`), normalised over the
+               group's steps; each token adds the normalised steps at or after it; returns
+               as grpo
     rloo       group_size; sequence reward and returns as grpo
     bon        group_size; best-of-n distillation (RAFT / ReST): 1 on the group's best row,
                0 elsewhere (use with whiten_advantages=False); returns as grpo

@@ -310,3 +310,58 @@ def _reinforce_pp_baseline_estimator(
         seq_B = _sequence_rewards(rewards, scores, mask, "reinforce_pp_baseline")
         baseline_B = group_mean_baseline(seq_B, group_size)
     return reinforce_pp(token_rewards, mask, registry.hparam(config, "gamma", 1.0), baseline_B)
+
+
+def process_advantages(
+    steps_BxT: Array,
+    step_mask_BxT: Array,
+    mask: Array,
+    group_size: int,
+    eps: float = 1e-4,
+) -> Array:
+    """Process supervision as GRPO does it (DeepSeekMath, Shao et al. 2024, sec. 4.1.3).
+
+    A step reward sits at the token where its step ends (``step_mask`` 1 there, e.g. the last
+    token of a skill the JD asks for). Each is normalised by the mean and the (population) std
+    of every step reward of its group, and every token gets the sum of the normalised step
+    rewards at or after it: a token is credited with what it led to, not with what came
+    before it. A group with fewer than 2 step rewards, or all equal, contributes 0.
+    """
+    sm_BxT = (step_mask_BxT.astype(bool) & mask.astype(bool)).astype(jnp.float32)
+    r_BxT = jnp.where(sm_BxT > 0, steps_BxT.astype(jnp.float32), 0.0)
+    T = r_BxT.shape[1]
+    _grouped(r_BxT[:, 0], group_size)  # checks group_size and the batch
+    r_GxKT = r_BxT.reshape(-1, group_size * T)
+    sm_GxKT = sm_BxT.reshape(-1, group_size * T)
+    n_G1 = jnp.sum(sm_GxKT, axis=1, keepdims=True)
+    mean_G1 = jnp.sum(r_GxKT, axis=1, keepdims=True) / jnp.maximum(n_G1, 1.0)
+    var_G1 = jnp.sum(sm_GxKT * jnp.square(r_GxKT - mean_G1), axis=1, keepdims=True)
+    std_G1 = jnp.sqrt(var_G1 / jnp.maximum(n_G1, 1.0))
+    norm_GxKT = jnp.where(
+        (sm_GxKT > 0) & (n_G1 >= 2) & (std_G1 > 0), (r_GxKT - mean_G1) / (std_G1 + eps), 0.0
+    )
+    norm_BxT = norm_GxKT.reshape(-1, T)
+    # sum over t' >= t: a reverse cumulative sum along the response
+    togo_BxT = jnp.flip(jnp.cumsum(jnp.flip(norm_BxT, axis=1), axis=1), axis=1)
+    return jnp.where(mask.astype(bool), togo_BxT, 0.0)
+
+
+@registry.register("advantage", "grpo_process")
+def _grpo_process_estimator(
+    *, rewards=None, values=None, mask, scores=None, config: Any = None, steps=None
+):
+    # GRPO's outcome advantage on every token plus the process advantage of the step rewards
+    # (`steps` = (values_BxT, step_mask_BxT), e.g. from a span reward such as oracle_credit);
+    # without steps it is GRPO. Returns as grpo: the sequence reward on every valid token.
+    adv, returns = _grpo_estimator(
+        rewards=rewards, values=values, mask=mask, scores=scores, config=config
+    )
+    if steps is not None:
+        adv = adv + process_advantages(
+            steps[0],
+            steps[1],
+            mask,
+            registry.hparam(config, "group_size"),
+            registry.hparam(config, "grpo_eps", 1e-4),
+        )
+    return adv, returns

@@ -29,7 +29,13 @@ from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.rl import registry
 from girl_jax.stages import common, ppo_eval, ppo_rewards, ppo_state
-from girl_jax.stages.ppo_step import sample_step, sequence_scores, train_step, update_step
+from girl_jax.stages.ppo_step import (
+    reference_params,
+    sample_step,
+    sequence_scores,
+    train_step,
+    update_step,
+)
 
 # `ppo.algorithm` presets, the keys each sets over the config's. bon_distill: best-of-n
 # distillation (RAFT / ReST): each group's best sample is fitted by plain NLL, the rest ignored.
@@ -91,6 +97,9 @@ class PPOConfig:
     scale_by_std: bool = True  # grpo: divide by the group's std (False: Dr. GRPO)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     algorithm: str = "ppo"  # ppo | bon_distill: sets the keys ALGORITHMS names
+    # LoRA actor: train the adapters alone on the frozen base, the reference = the actor with
+    # its adapters off (no second decoder). None: on when model.lora_rank > 0 (`ppo_state`).
+    shared_base: bool | None = None
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -109,7 +118,9 @@ class PPOConfig:
                 raise ConfigError(f"config.ppo.{key}: {exc}") from None
         if self.batch_size % (self.minibatches * self.group_size):
             raise ConfigError("config.ppo.batch_size must be divisible by minibatches*group_size")
-        if self.advantage in ("grpo", "rloo", "dr_grpo", "bon") and self.group_size < 2:
+        if self.advantage in ("grpo", "rloo", "dr_grpo", "bon", "grpo_process") and (
+            self.group_size < 2
+        ):
             raise ConfigError(
                 f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1"
             )
@@ -137,6 +148,8 @@ class PPOConfig:
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:
             raise ConfigError("config.ppo.temperature must be > 0")
+        if self.shared_base not in (None, True, False):
+            raise ConfigError("config.ppo.shared_base must be True, False or None (auto)")
 
     @property
     def needs_critic(self) -> bool:
@@ -262,7 +275,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     if start and os.path.exists(start_eval_path):
         start_eval = json.load(open(start_eval_path))
     else:  # the start is the SFT model (the reference), whatever step we resume from
-        start_eval, start_texts = evaluate(frozen.reference)
+        start_eval, start_texts = evaluate(reference_params(state.actor.params, frozen))
         if jax.process_index() == 0:
             ckpt_mod.write_json_atomic(start_eval_path, {**start_eval, "samples": start_texts[:8]})
     writer = metrics_mod.MetricWriter(
@@ -287,9 +300,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             out = sample_fn(state, batch, rng)
             tokens, resp_mask = out.tokens, out.mask
             texts = batches.decode_responses(tok, *jax.device_get((tokens, resp_mask)))
-            host_score, host_means = host.score(
+            host_score, host_means, spans = host.score_all(
                 [cv_by_id[i] for i in sids.tolist()], texts, sids, done, cfg.on_nonfinite
             )
+            if spans is not None and host_score is not None:  # span rewards: on their tokens
+                tok_np, mask_np = jax.device_get((tokens, resp_mask))
+                ends = ppo_rewards.token_char_ends(tok, tok_np, mask_np)
+                host_score = (host_score, *ppo_rewards.place_spans(spans, ends, mask_np))
             if host_score is None:  # non-finite host reward, on_nonfinite=skip: no update
                 skipped += 1
                 m = {"host_reward_finite": 0.0}

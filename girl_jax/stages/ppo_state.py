@@ -9,10 +9,18 @@ traced hyperparameters and the frozen roles: the reference (the SFT decoder), th
 `ppo.reward=ensemble`, the stacked reward heads. abstract: ShapeDtypeStructs carrying their
 shardings, nothing read or allocated; else the real arrays (`workdir` holds the finished SFT
 and reward stages).
+
+Shared base (`ppo.shared_base`, on by default when `model.lora_rank > 0`): the actor's
+optimizer state covers its LoRA adapters alone (AdamW moments for them, none for the base), and
+there is no reference copy (`Frozen.reference` is None): the step's reference is the actor with
+its adapters off (`ppo_step.reference_params`). The actor starts as the SFT model with the SFT
+stage's adapters folded into the kernels (`lora.fold_adapters`) and fresh adapters (B = 0), so
+actor == reference until the first update.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +28,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from girl_jax.errors import ConfigError
+from girl_jax.models import lora
 from girl_jax.models.decoder import Decoder
 from girl_jax.models.heads import ScalarHead, ScoreModel, transplant_trunk
 from girl_jax.parallel import state as state_mod
@@ -32,7 +42,7 @@ from girl_jax.stages.ppo_step import Frozen, Graphs, PPOState, init_hyper, scale
 class PPOBuilt(NamedTuple):
     """Everything PPO holds. `state` / `frozen`: abstract or real; `*shardings`: their trees."""
 
-    cfg: Any  # stages.ppo.PPOConfig
+    cfg: Any  # stages.ppo.PPOConfig, `shared_base` resolved to a bool
     graphs: Graphs
     state: PPOState
     shardings: PPOState
@@ -75,24 +85,86 @@ def _shardings(tree):
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
+def shared_base(cfg, config, vocab_size: int) -> bool:
+    """Whether PPO trains the actor's LoRA adapters alone on a base it shares with the reference:
+    `ppo.shared_base`, or (None) whether the actor has adapters (`model.lora_rank > 0`)."""
+    has_lora = common.decoder_config(config, vocab_size).lora_rank > 0
+    if cfg.shared_base is None:
+        return has_lora
+    if cfg.shared_base and not has_lora:
+        raise ConfigError(
+            "config.ppo.shared_base=True needs LoRA adapters: set model.lora_rank > 0"
+        )
+    return bool(cfg.shared_base)
+
+
 def _frozen(config, mesh, rules, cfg, *, vocab_size, abstract, workdir):
-    """(reward graphdef, Frozen): the reference, the reward model, the ensemble's heads."""
+    """(reward graphdef, Frozen, SFT params): the reference (None with a shared base), the reward
+    model, the ensemble's heads; the final SFT params the actor starts from (real builds)."""
     wants_ensemble = any(t.kind == "ensemble" for t in cfg.reward_terms)
     if not abstract:
-        _, reference = sft.load_final_params(workdir, config, vocab_size)
+        _, sft_params = sft.load_final_params(workdir, config, vocab_size)
         rm_graph, rm_params = reward_step.load_final_params(workdir, config, vocab_size)
         ensemble = None
         if wants_ensemble:
             _, _, ensemble = reward_ensemble.load_final_ensemble(workdir, config, vocab_size)
-        return rm_graph, Frozen(reference=reference, reward=rm_params, ensemble=ensemble)
+        reference = None if cfg.shared_base else sft_params
+        frozen = Frozen(reference=reference, reward=rm_params, ensemble=ensemble)
+        return rm_graph, frozen, sft_params
     built = dict(vocab_size=vocab_size, abstract=True)
-    reference = sft.build_state(config, mesh, rules, **built).state.params
+    reference = None
+    if not cfg.shared_base:
+        reference = sft.build_state(config, mesh, rules, **built).state.params
     rm = reward_step.build_state(config, mesh, rules, **built)
     ensemble = None
     if wants_ensemble:
         size = int(config.reward.get("ensemble_size", 0) or 0)
         ensemble = reward_ensemble._abstract_heads(config, vocab_size, size, replicated(mesh))
-    return rm.graphdef, Frozen(reference=reference, reward=rm.state.params, ensemble=ensemble)
+    return rm.graphdef, Frozen(reference=reference, reward=rm.state.params, ensemble=ensemble), None
+
+
+def _abstract_opt_state(tx, params, mesh):
+    """(abstract optimizer state for `params`, its shardings: per-param leaves follow them)."""
+    opt = jax.eval_shape(tx.init, params)
+    shardings = state_mod.opt_state_shardings(tx, opt, _shardings(params), mesh)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), opt, shardings
+    )
+    return abstract, shardings
+
+
+def _actor_state(model_fn, tx, mesh, rules, *, abstract: bool, seed: int, adapters_only: bool):
+    """(graphdef, TrainState, shardings) of the actor. adapters_only: `params` still holds every
+    Param (sampling, checkpoints and the reference read them), `opt_state` is `tx.init` of the
+    LoRA adapters alone, sharded like them."""
+    if not adapters_only:
+        graph, actor, actor_sh, _ = state_mod.build_train_state(
+            model_fn, tx, mesh, rules, abstract=abstract, seed=seed
+        )
+        return graph, actor, actor_sh
+    graph, actor, actor_sh, _ = state_mod.build_train_state(
+        model_fn, optax.identity(), mesh, rules, abstract=abstract, seed=seed
+    )
+    adapters, _ = lora.split_adapters(actor.params)
+    opt, opt_sh = _abstract_opt_state(tx, adapters, mesh)
+    if not abstract:
+        opt = jax.jit(tx.init, out_shardings=opt_sh)(adapters)
+    return graph, actor.replace(opt_state=opt), actor_sh.replace(opt_state=opt_sh)
+
+
+def _actor_start(sft_params, actor_params, shardings, *, shared: bool, lora_scale: float):
+    """The actor's starting params, new buffers (the state is donated; the reference is not):
+    the SFT model's; shared base: its base with the SFT adapters folded in, the actor's fresh
+    adapters (B = 0) on top."""
+    if not shared:
+        return common.fresh_copy(sft_params, shardings)
+
+    def start(sft_p, actor_p):
+        _, base = lora.split_adapters(lora.fold_adapters(sft_p, lora_scale))
+        adapters, _ = lora.split_adapters(actor_p)
+        return jax.tree.map(jnp.copy, lora.join_adapters(base, adapters))
+
+    return jax.jit(start, out_shardings=shardings)(sft_params, actor_params)
 
 
 def build_roles(
@@ -101,18 +173,20 @@ def build_roles(
     """PPO's graphs, state, frozen roles, optimizers and shardings (module docstring)."""
     if not abstract and workdir is None:
         raise ValueError("build_roles(abstract=False) reads the SFT and reward stages: workdir")
+    cfg = dataclasses.replace(cfg, shared_base=shared_base(cfg, config, vocab_size))
     actor_tx, critic_tx = optimizers(cfg)
     critic_fn, critic_seed = critic_model_fn(config, vocab_size, cfg.critic)
-    rm_graph, frozen = _frozen(
+    rm_graph, frozen, sft_params = _frozen(
         config, mesh, rules, cfg, vocab_size=vocab_size, abstract=abstract, workdir=workdir
     )
-    actor_graph, actor, actor_sh, _ = state_mod.build_train_state(
+    actor_graph, actor, actor_sh = _actor_state(
         actor_model_fn(config, vocab_size),
         actor_tx,
         mesh,
         rules,
         abstract=abstract,
         seed=config.seed,
+        adapters_only=cfg.shared_base,
     )
     critic_graph, critic, critic_sh, _ = state_mod.build_train_state(
         critic_fn, critic_tx, mesh, rules, abstract=abstract, seed=critic_seed
@@ -126,8 +200,13 @@ def build_roles(
         hyper = _abstract_tree(jax.eval_shape(lambda: init_hyper(cfg)), rep)
         iteration = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
     else:
-        # The actor starts as the SFT model; fresh buffers: the reference is not donated.
-        actor = actor.replace(params=common.fresh_copy(frozen.reference, actor_sh.params))
+        # The actor starts as the SFT model (with a shared base: its adapters folded in).
+        mcfg = common.decoder_config(config, vocab_size)
+        scale = mcfg.lora_alpha / mcfg.lora_rank if mcfg.lora_rank else 0.0
+        start = _actor_start(
+            sft_params, actor.params, actor_sh.params, shared=cfg.shared_base, lora_scale=scale
+        )
+        actor = actor.replace(params=start)
         if cfg.critic != "value_head":
             # The critic starts from the reward model's trunk (and its head when it is the same
             # per-token linear head; a pooled reward head does not give per-token values).

@@ -8,6 +8,11 @@ advantages from the registry, then runs epochs x shuffled minibatches of clipped
 nested `lax.scan`s. Old log-probs, values and advantages are frozen at rollout time
 (lm-human-preferences semantics). The forward helpers (response logits / values, sequence
 scores, explained variance) live in `girl_jax.stages.ppo_forward`.
+
+Shared base (`cfg.shared_base`, a LoRA actor): the actor's `TrainState` holds every Param, base
+and adapters, but its optimizer state covers the adapters alone; the update differentiates the
+adapters only and passes the base through unchanged, and the reference is the actor itself with
+its adapters off (`reference_params`), so `Frozen.reference` is None: one copy of the decoder.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from girl_jax import sampling
+from girl_jax.models import lora
 from girl_jax.rl import advantages as adv_mod
 from girl_jax.rl import ensemble as ens_mod
 from girl_jax.rl import filters, registry, shaping
@@ -89,7 +95,7 @@ def scaled_optimizer(tx: optax.GradientTransformation, learning_rate: float):
 
 @flax.struct.dataclass
 class Frozen:
-    reference: Any  # nnx.State of the SFT decoder
+    reference: Any  # nnx.State of the SFT decoder; None: the actor's base (shared base)
     reward: Any  # nnx.State of the reward model
     ensemble: Any = None  # reward heads stacked on a leading K axis (config.ppo.reward=ensemble)
 
@@ -102,6 +108,14 @@ class Graphs:
 
 
 # ---------------------------------------------------------------- pure pieces
+
+
+def reference_params(actor_params, frozen: Frozen):
+    """The reference policy's params, for the actor's graphdef: the frozen SFT decoder, or with a
+    shared base (`frozen.reference` None) the actor's own params with every adapter off."""
+    if frozen.reference is not None:
+        return frozen.reference
+    return lora.adapters_off(actor_params)
 
 
 def sample_responses(actor_params, batch, rng, *, graphs: Graphs, scfg):
@@ -148,8 +162,14 @@ def score_rollout(
     """Score sampled responses and compute every quantity the update treats as constant.
 
     `out` is the sampler's output (tokens, mask, has_eos); `host_score` [B] is the weighted sum
-    of the host-side reward terms (oracle, Python functions), or None when there are none.
+    of the host-side reward terms (oracle, Python functions), or None when there are none, or
+    `(score_B, steps_BxT, step_mask_BxT)` with span terms (`ppo_rewards.place_spans`): step
+    rewards for `grpo_process`, per-token rewards for the estimators that read them (GAE,
+    REINFORCE++), else summed into the sequence reward.
     """
+    steps = None
+    if isinstance(host_score, tuple):
+        host_score, *steps = host_score
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     P = prompt_ids.shape[1]
     resp, resp_mask = out.tokens, out.mask.astype(jnp.float32)
@@ -163,12 +183,21 @@ def score_rollout(
     else:
         logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
     logp_old = common.token_logprobs(logits, resp, cfg.temperature)
-    ref_logits = response_logits(graphs.actor, frozen.reference, ids, mask, P)
+    ref_params = reference_params(state.actor.params, frozen)
+    ref_logits = response_logits(graphs.actor, ref_params, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
     resp_full = jnp.concatenate([jnp.zeros_like(prompt_mask), out.mask.astype(mask.dtype)], 1)
     raw_score, parts = device_scores(frozen, ids, mask, resp_full, graphs=graphs, cfg=cfg)
     if host_score is not None:
         raw_score = raw_score + host_score.astype(jnp.float32)
+    step_BxT = None
+    if steps is not None:
+        step_BxT = (steps[0] * steps[1]).astype(jnp.float32) * resp_mask
+        parts["step_reward"] = step_BxT.sum(1)
+        if cfg.advantage not in STEP_ADVANTAGES and not (
+            cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES
+        ):
+            raw_score = raw_score + step_BxT.sum(1)  # sequence estimators: the span sum
     if cfg.needs_critic and cfg.critic == "value_head":
         values = head_values * resp_mask
     elif cfg.needs_critic:
@@ -192,6 +221,11 @@ def score_rollout(
         logp_old, logp_ref, resp_mask, kl_coef if cfg.kl_in_reward else 0.0, cfg.kl_estimator
     )
     rewards = shaping.token_rewards(score, kl_rewards, resp_mask)
+    extra = {}
+    if step_BxT is not None and cfg.advantage in STEP_ADVANTAGES:
+        extra["steps"] = (step_BxT, steps[1] * resp_mask)
+    elif step_BxT is not None and (cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES):
+        rewards = rewards + step_BxT  # each span's value on its token
     advantages, returns = registry.get("advantage", cfg.advantage)(
         rewards=rewards,
         values=values,
@@ -200,6 +234,7 @@ def score_rollout(
         if cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES
         else score - (kl_BxT.sum(1) * kl_coef if cfg.kl_in_reward else 0.0),
         config=hparams(cfg, state.hyper),
+        **extra,
     )
     if cfg.whiten_advantages:
         advantages = adv_mod.whiten(advantages, resp_mask)
@@ -237,6 +272,8 @@ def score_rollout(
 
 # Advantage estimators that read per-token rewards (KL included) rather than sequence scores.
 TOKEN_REWARD_ADVANTAGES = ("reinforce_pp", "reinforce_pp_baseline")
+# Advantage estimators that take span rewards as process-supervision steps (`steps=`).
+STEP_ADVANTAGES = ("grpo_process",)
 
 
 def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg: PPOConfig, scfg):
@@ -285,13 +322,25 @@ def ppo_loss(
 
 
 def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, actor_tx, critic_tx):
-    """Epochs x shuffled minibatches as nested scans; non-finite / off-ratio minibatches skip."""
+    """Epochs x shuffled minibatches as nested scans; non-finite / off-ratio minibatches skip.
+
+    Shared base: the scans carry the actor's adapters alone (its optimizer state is theirs), the
+    loss reads the base from outside them, and the base leaves of the result are the input's."""
     B = data["ids"].shape[0]
     P = data["ids"].shape[1] - data["resp"].shape[1]
     mb_size = B // cfg.minibatches
-    grad_fn = jax.value_and_grad(
-        functools.partial(ppo_loss, graphs=graphs, cfg=cfg, P=P), argnums=(0, 1), has_aux=True
-    )
+    if cfg.shared_base:
+        adapters, base = lora.split_adapters(state.actor.params)
+        actor0 = state.actor.replace(params=adapters)
+
+        def loss_fn(actor_adapters, *args):  # differentiates the adapters, reads the base
+            return ppo_loss(
+                lora.join_adapters(base, actor_adapters), *args, graphs=graphs, cfg=cfg, P=P
+            )
+    else:
+        actor0 = state.actor
+        loss_fn = functools.partial(ppo_loss, graphs=graphs, cfg=cfg, P=P)
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
 
     def minibatch(carry, idx):
         actor, critic = carry
@@ -316,7 +365,9 @@ def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, ac
         return jax.lax.scan(minibatch, carry, perm)
 
     keys = jax.random.split(rng, cfg.epochs)
-    (actor, critic), metrics = jax.lax.scan(epoch, (state.actor, state.critic), keys)
+    (actor, critic), metrics = jax.lax.scan(epoch, (actor0, state.critic), keys)
+    if cfg.shared_base:
+        actor = actor.replace(params=lora.join_adapters(base, actor.params))
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["skipped"] = metrics["skipped"] * cfg.epochs * cfg.minibatches  # a count
     return state.replace(actor=actor, critic=critic), metrics
