@@ -1,4 +1,4 @@
-"""One PPO iteration: `girl_jax.stages.ppo_step.train_step` (one jitted program: sample, score,
+"""One PPO iteration: `girl_jax.stages.ppo.step.train_step` (one jitted program: sample, score,
 reference / critic forwards, GAE, epochs x minibatches of updates) vs TRL 1.12's PPOTrainer.
 
 Same GPT-2 weights for the policy and the reference on both sides; the reward model and the
@@ -31,7 +31,7 @@ def ppo_iteration_flops(cfg, batch: int, prompt: int, new: int, epochs: int) -> 
     seq = prompt + new
     sample = bc.decode_flops(cfg, batch, prompt, new)
     # Actor / reference: the LM head is needed at the `new` positions that predict the
-    # response only (ours computes just those since stages/ppo_step.py `response_logits` does).
+    # response only (ours computes just those since stages/ppo/forward.py `response_logits` does).
     lm_fwd = bc.forward_flops(cfg, batch, seq, head_rows=new)
     trunk_fwd = bc.forward_flops(cfg, batch, seq, lm_head=False)  # reward model, critic
     rollout = 2 * lm_fwd + 2 * trunk_fwd
@@ -69,7 +69,7 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
     from girl_jax.parallel.rules import replicated
     from girl_jax.rl import kl as kl_mod
     from girl_jax.sampling import SamplingConfig
-    from girl_jax.stages import common, ppo_step
+    from girl_jax.stages import common, ppo
 
     # TRL's PPO: GAE with a critic, rollouts at temperature 1 (not the default's GRPO).
     cfg = load_ppo_config(
@@ -104,7 +104,7 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
         cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon
     )
     rep = replicated(mesh)
-    state = ppo_step.PPOState(
+    state = ppo.state.PPOState(
         actor=actor,
         critic=critic,
         kl=jax.device_put(controller.init(), rep),
@@ -112,8 +112,8 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
     )
     # The step's output state keeps the input's shardings: one compile, as in the driver.
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    frozen = ppo_step.Frozen(reference=reference, reward=rm_params)
-    graphs = ppo_step.Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
+    frozen = ppo.state.Frozen(reference=reference, reward=rm_params)
+    graphs = ppo.state.Graphs(actor=actor_graph, critic=critic_graph, reward=rm_graph)
     # No EOS: every response is exactly `new` tokens, as on the TRL side (stop_token=None).
     scfg = SamplingConfig(
         max_new_tokens=new,
@@ -126,7 +126,7 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
     kw = dict(graphs=graphs, cfg=cfg, scfg=scfg)
     step = jax.jit(
         functools.partial(
-            ppo_step.train_step, actor_tx=actor_tx, critic_tx=critic_tx, controller=controller, **kw
+            ppo.step.train_step, actor_tx=actor_tx, critic_tx=critic_tx, controller=controller, **kw
         ),
         out_shardings=(state_sh, None, None),
         donate_argnums=(0,),
@@ -135,7 +135,7 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
     ids = jnp.asarray(rng.integers(3, mcfg.vocab_size, (batch, prompt), dtype=np.int32))
     prompts = {"prompt_ids": ids, "prompt_mask": jnp.ones_like(ids)}
     # Pieces for the time breakdown (same code, jitted apart).
-    rollout = jax.jit(functools.partial(ppo_step.rollout, **kw))
+    rollout = jax.jit(functools.partial(ppo.step.rollout, **kw))
     actor_graph_split = actor_graph
     return dict(
         cfg=cfg,

@@ -1,6 +1,6 @@
 """Built-in host reward functions for `config.ppo.reward=python:girl_jax.rewards:NAME[:weight]`.
 
-Each has the reward-function signature of `girl_jax.stages.ppo_rewards` (and of TRL's / verl's
+Each has the reward-function signature of `girl_jax.stages.ppo.rewards` (and of TRL's / verl's
 reward functions): ``(cvs: list[str], jds: list[str], seeker_ids) -> np.ndarray`` of one float
 per JD. They read only the texts (never the market's oracle), so they may sit beside the
 reward model in the default pipeline:

@@ -1,6 +1,6 @@
 """`girl sweep --vmap`: sweep cells that differ only in traced settings, run as one program.
 
-PPO's continuous settings (`ppo_step.TRACED_KEYS`: learning rates, KL coefficient, clip ranges,
+PPO's continuous settings (`ppo.state.TRACED_KEYS`: learning rates, KL coefficient, clip ranges,
 value / entropy coefficients, gamma, lambda) and the seed are arrays of the step, not constants
 compiled into it. The cells of a sweep whose configs agree on everything else form a group;
 a group's states are stacked on a leading cell axis and one `jax.vmap`ped iteration advances
@@ -35,8 +35,12 @@ from girl_jax.errors import ConfigError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, ppo, ppo_eval, ppo_rewards, ppo_step
-from girl_jax.stages.ppo_step import TRACED_KEYS
+from girl_jax.stages import common, ppo
+from girl_jax.stages.ppo import evaluation
+from girl_jax.stages.ppo.rewards import HostRewards
+from girl_jax.stages.ppo.state import TRACED_KEYS
+from girl_jax.stages.ppo.step import reference_params, sample_step, train_step, update_step
+from girl_jax.stages.scoring import sequence_scores
 
 # ---------------------------------------------------------------- grouping
 
@@ -121,7 +125,7 @@ def _run_group(cells, console) -> float:
         }
 
     scfg = ppo.sampling_config(cfg, tok, greedy=False)
-    host = ppo_rewards.HostRewards(cfg.reward_terms, data.market)
+    host = HostRewards(cfg.reward_terms, data.market)
     if host and cfg.on_nonfinite == "skip":
         raise ConfigError(
             "girl sweep --vmap: ppo.on_nonfinite=skip with a host reward term would skip one "
@@ -130,12 +134,12 @@ def _run_group(cells, console) -> float:
     roles = dict(graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx)
     if host:
         sample_fn = jax.jit(
-            jax.vmap(functools.partial(ppo_step.sample_step, graphs=graphs, scfg=scfg)),
+            jax.vmap(functools.partial(sample_step, graphs=graphs, scfg=scfg)),
             in_shardings=(st_sh, None, None),
         )
         update_fn = jax.jit(
             jax.vmap(
-                functools.partial(ppo_step.update_step, **roles, controller=controller),
+                functools.partial(update_step, **roles, controller=controller),
                 in_axes=(0, None, 0, 0, 0, 0),
             ),
             out_shardings=(st_sh, None),
@@ -144,15 +148,15 @@ def _run_group(cells, console) -> float:
     else:
         step_fn = jax.jit(
             jax.vmap(
-                functools.partial(ppo_step.train_step, **roles, scfg=scfg, controller=controller),
+                functools.partial(train_step, **roles, scfg=scfg, controller=controller),
                 in_axes=(0, None, 0, 0),
             ),
             in_shardings=(st_sh, None, None, None),
             out_shardings=(st_sh, None, None),
             donate_argnums=(0,),
         )
-    score_fn = jax.jit(functools.partial(ppo_step.sequence_scores, graphs.reward))
-    evaluate = ppo_eval.make_evaluator(config, cfg, data, graphs, frozen, score_fn)
+    score_fn = jax.jit(functools.partial(sequence_scores, graphs.reward))
+    evaluate = evaluation.make_evaluator(config, cfg, data, graphs, frozen, score_fn)
 
     seekers = data.seekers("train")
     cv_by_id = dict(zip(seekers["seeker_id"].to_numpy().tolist(), seekers["cv"]))
@@ -184,7 +188,7 @@ def _run_group(cells, console) -> float:
     else:  # every cell starts from the same SFT model: evaluate it once
         ref = frozen.reference  # None with a shared base: a cell's actor, adapters off
         if ref is None:
-            ref = ppo_step.reference_params(unstack(state.actor.params, 0), frozen)
+            ref = reference_params(unstack(state.actor.params, 0), frozen)
         ev, texts = evaluate(ref)
         start_evals = [dict(ev) for _ in cells]
         for p in start_path:
@@ -245,7 +249,7 @@ def _run_group(cells, console) -> float:
     if start >= cfg.iterations:  # killed after the last checkpoint, before the final markers
         last_evals = [evaluate(unstack(state.actor.params, i))[0] for i in range(C)]
     for i in range(C):
-        result = ppo_eval.result(cfgs[i], out_dirs[i], start_evals[i], last_evals[i])
+        result = evaluation.result(cfgs[i], out_dirs[i], start_evals[i], last_evals[i])
         result["vmap_group_size"] = C
         ckpt_mod.write_json_atomic(os.path.join(out_dirs[i], "eval.json"), result)
         report.plot_ppo(out_dirs[i])

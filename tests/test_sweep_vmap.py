@@ -17,7 +17,7 @@ from girl_jax.models.heads import ScoreModel
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.rl import kl as kl_mod
-from girl_jax.stages import common, ppo, ppo_step
+from girl_jax.stages import common, ppo
 
 CFG = DecoderConfig(family="gpt2", vocab_size=16, max_len=32, d_model=32, num_layers=1, num_heads=2)
 # Two cells that differ in every traced setting.
@@ -50,25 +50,25 @@ def _cell(overrides):
     c.update(**{**base, **overrides})
     cfg = ppo.PPOConfig.from_config(c)
     mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    atx = ppo_step.scaled_optimizer(common.make_optimizer(1.0, 100, grad_clip=1.0, cosine=False),
+    atx = ppo.state.scaled_optimizer(common.make_optimizer(1.0, 100, grad_clip=1.0, cosine=False),
                                     cfg.learning_rate)  # fmt: skip
-    ctx = ppo_step.scaled_optimizer(common.make_optimizer(1.0, 100, grad_clip=1.0, cosine=False),
+    ctx = ppo.state.scaled_optimizer(common.make_optimizer(1.0, 100, grad_clip=1.0, cosine=False),
                                     cfg.critic_learning_rate)  # fmt: skip
     ag, actor, _ = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), atx, mesh, None)
     cg, critic, _ = state_mod.create_train_state(lambda r: ScoreModel(CFG, rngs=r), ctx, mesh, None)
     rg, rparams = nnx.split(CountReward(), nnx.Param)
     controller = kl_mod.make_kl_controller("fixed", cfg.kl_coef)
-    st = ppo_step.PPOState(
+    st = ppo.state.PPOState(
         actor=actor,
         critic=critic,
         kl=controller.init(),
         iteration=jnp.zeros((), jnp.int32),
-        hyper=ppo_step.init_hyper(cfg),
+        hyper=ppo.state.init_hyper(cfg),
     )
-    frozen = ppo_step.Frozen(reference=jax.tree.map(jnp.copy, actor.params), reward=rparams)
-    graphs = ppo_step.Graphs(actor=ag, critic=cg, reward=rg)
+    frozen = ppo.state.Frozen(reference=jax.tree.map(jnp.copy, actor.params), reward=rparams)
+    graphs = ppo.state.Graphs(actor=ag, critic=cg, reward=rg)
     fn = functools.partial(
-        ppo_step.train_step,
+        ppo.step.train_step,
         graphs=graphs,
         cfg=cfg,
         scfg=ppo.sampling_config(cfg, Tok(), greedy=False),

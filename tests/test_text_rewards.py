@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from girl_jax import rewards
-from girl_jax.stages import ppo_rewards
+from girl_jax.stages import ppo
 
 LOOP = "We need closing deals, cold calling, cold calling, cold calling and cold calling."
 CLEAN = "Role: sales manager | Skills: cold calling, negotiation | Duties: grow revenue; hire"
@@ -33,8 +33,8 @@ def test_distinct_cv_skills_counts_shared_distinct_items():
 
 
 def test_usable_as_a_python_reward_term():
-    terms = ppo_rewards.parse("model:1.0,python:girl_jax.rewards:repeated_items:2.0")
-    host = ppo_rewards.HostRewards(terms, market=None)
+    terms = ppo.rewards.parse("model:1.0,python:girl_jax.rewards:repeated_items:2.0")
+    host = ppo.rewards.HostRewards(terms, market=None)
     total, parts = host.score(["cv", "cv"], [LOOP, CLEAN], np.array([0, 1]), 1)
     np.testing.assert_allclose(total, [-1.2, 0.0])
     assert any("repeated_items" in k for k in parts)

@@ -14,9 +14,8 @@ import numpy as np
 from girl_jax import sampling
 from girl_jax.data import batches
 from girl_jax.data import market as market_mod
-from girl_jax.stages.ppo_forward import sequence_scores
 from girl_jax.stages.reward_step import load_final_params
-from girl_jax.stages.scoring import score_dataset
+from girl_jax.stages.scoring import score_dataset, sequence_scores
 
 
 class Generator:

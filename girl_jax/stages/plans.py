@@ -18,7 +18,7 @@ from girl_jax.parallel import plan as plan_mod
 from girl_jax.parallel import plan_search, plan_targets
 from girl_jax.parallel.rules import replicated
 from girl_jax.parallel.state import batch_sharding
-from girl_jax.stages import ppo, ppo_step, reward, sft
+from girl_jax.stages import ppo, reward, sft
 
 
 def _vocab(config) -> int:
@@ -101,7 +101,7 @@ def build_ppo(config, mesh, rules) -> plan_mod.PlannedStep:
     batch = {"prompt_ids": _tokens((B, P), mesh), "prompt_mask": _tokens((B, P), mesh)}
     scfg = ppo.sampling_config(cfg, _PlanTokenizer(), greedy=False)
     fn = functools.partial(
-        ppo_step.train_step,
+        ppo.train_step,
         graphs=b.graphs,
         cfg=cfg,
         scfg=scfg,

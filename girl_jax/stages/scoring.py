@@ -1,13 +1,22 @@
 """Batched scoring in length order: `score_dataset` runs a jitted per-row function (scores,
 features, per-token outputs) over right-padded arrays, each batch cut to the columns it uses;
-`trimmed_width` is the width those outputs come back at. Shared by the reward stage, its probe,
-PPO's evaluation and generation.
+`trimmed_width` is the width those outputs come back at. `sequence_scores` is the reward
+model's per-row score function. Shared by the reward stage, its probe, PPO (its step and
+evaluation) and generation.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
+
+from girl_jax.models.heads import sequence_score
+
+
+def sequence_scores(graphdef, params, ids, mask, response_mask=None):
+    """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
+    return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 
 def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_batch=None):

@@ -121,7 +121,7 @@ def test_final_ppo_actor_loads_without_building_the_other_roles(tiny_run, monkey
         def no_build(*a, **k):
             raise AssertionError("load_final_actor built the whole PPO state")
 
-        monkeypatch.setattr(ppo, "build", no_build)
+        monkeypatch.setattr(ppo.driver, "build", no_build)
         _, params = ppo.load_final_actor(tiny_run.workdir, config, data, mesh, rules)
     want, got = jax.tree.leaves(full.actor.params), jax.tree.leaves(params)
     assert len(want) == len(got)

@@ -23,7 +23,7 @@ from girl_jax.models.heads import RewardModel, ScalarHead, ScoreModel
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, plans, ppo, ppo_state, reward, reward_step, sft
+from girl_jax.stages import common, plans, ppo, reward, reward_step, sft
 
 VOCAB = 128
 
@@ -245,8 +245,8 @@ def test_final_loaders_restore_through_the_builders(tmp_path, monkeypatch):
         raise AssertionError("load_final_actor built more than the actor")
 
     for module, name in (
-        (ppo, "build_state"),
-        (ppo_state, "build_roles"),
+        (ppo.driver, "build_state"),
+        (ppo.driver, "build_roles"),
         (sft, "load_final_params"),
         (reward_step, "load_final_params"),
         (reward_step, "build_state"),

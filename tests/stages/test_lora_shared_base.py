@@ -21,7 +21,7 @@ from girl_jax.models.decoder import Decoder, DecoderConfig
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, plans, ppo, ppo_step, reward_step, sft
+from girl_jax.stages import common, plans, ppo, reward_step, sft
 
 VOCAB = 128
 RANK, ALPHA = 4, 8.0
@@ -133,7 +133,7 @@ def workdir(tmp_path_factory):
 
 
 def _logprobs(graphdef, params, ids, mask, P):
-    logits = ppo_step.response_logits(graphdef, params, ids, mask, P)
+    logits = ppo.forward.response_logits(graphdef, params, ids, mask, P)
     return common.token_logprobs(logits, ids[:, P:])
 
 
@@ -168,7 +168,7 @@ def test_real_state_is_the_abstract_one_and_starts_at_the_sft_model(workdir):
     ids, mask, P = _ids()
     graph = real.graphs.actor
     sft_lp = _logprobs(graph, sft_params, ids, mask, P)
-    ref = ppo_step.reference_params(actor, real.frozen)
+    ref = ppo.step.reference_params(actor, real.frozen)
     np.testing.assert_allclose(_logprobs(graph, ref, ids, mask, P), sft_lp, atol=1e-5)
     np.testing.assert_allclose(_logprobs(graph, actor, ids, mask, P), sft_lp, atol=1e-5)
     # kernels without an adapter (embeddings, norms) are the SFT model's, bit for bit
@@ -190,7 +190,7 @@ def test_ppo_updates_train_adapters_only(workdir):
     scfg = ppo.sampling_config(b.cfg, _Tok(), greedy=False)
     step = jax.jit(  # as the driver runs it: sharded, the state donated
         functools.partial(
-            ppo_step.train_step,
+            ppo.step.train_step,
             graphs=b.graphs,
             cfg=b.cfg,
             scfg=scfg,
@@ -241,8 +241,8 @@ def test_reference_logprobs_equal_the_base_only_decoder():
     plain_graph, plain_params = nnx.split(plain, nnx.Param)
     assert jax.tree.structure(plain_params) == jax.tree.structure(base)
     ids, mask, P = _ids()
-    frozen = ppo_step.Frozen(reference=None, reward=None)
-    ref = _logprobs(graph, ppo_step.reference_params(params, frozen), ids, mask, P)
+    frozen = ppo.state.Frozen(reference=None, reward=None)
+    ref = _logprobs(graph, ppo.step.reference_params(params, frozen), ids, mask, P)
     np.testing.assert_allclose(ref, _logprobs(plain_graph, base, ids, mask, P), atol=1e-5)
     actor = _logprobs(graph, params, ids, mask, P)
     assert float(jnp.max(jnp.abs(actor - ref))) > 1e-2  # the adapters do change the policy

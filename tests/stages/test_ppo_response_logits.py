@@ -1,4 +1,4 @@
-"""`ppo_step.response_logits` applies the LM head to the response positions only; it must equal
+"""`ppo.forward.response_logits` applies the LM head to the response positions only; it must equal
 the slice of a full forward pass (values and gradients)."""
 
 import jax
@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from girl_jax.models.decoder import Decoder, DecoderConfig
-from girl_jax.stages import ppo_step
+from girl_jax.stages import ppo
 
 
 def _full_slice(graphdef, params, ids, mask, P):
@@ -31,7 +31,7 @@ def test_response_logits_equal_full_forward_slice(kw):
     mask[1, :3] = 0  # left padding
     mask[2, -2:] = 0  # masked response tail (after EOS)
     mask = jnp.asarray(mask)
-    got = ppo_step.response_logits(graphdef, params, ids, mask, P)
+    got = ppo.forward.response_logits(graphdef, params, ids, mask, P)
     want = _full_slice(graphdef, params, ids, mask, P)
     assert got.shape == (B, N, 97) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
@@ -41,7 +41,7 @@ def test_response_logits_equal_full_forward_slice(kw):
             jax.nn.log_softmax(fn(graphdef, p, ids, mask, P)) * jnp.cos(ids[:, P:])[..., None]
         )
 
-    g_got = jax.grad(lambda p: loss(ppo_step.response_logits, p))(params)
+    g_got = jax.grad(lambda p: loss(ppo.forward.response_logits, p))(params)
     g_want = jax.grad(lambda p: loss(_full_slice, p))(params)
     for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -10,20 +10,20 @@ import pytest
 from test_stages_ppo import TARGET, Tok, _setup, get_config
 
 from girl_jax.errors import ConfigError, NumericsError
-from girl_jax.stages import ppo, ppo_rewards, ppo_step
+from girl_jax.stages import ppo
 
 
 def test_parse_the_documented_spellings():
-    assert ppo_rewards.parse("model") == (ppo_rewards.RewardTerm("model", 1.0),)
-    assert ppo_rewards.parse("oracle")[0].on_host
-    assert ppo_rewards.parse("ensemble:0.5") == (ppo_rewards.RewardTerm("ensemble", 0.5),)
-    terms = ppo_rewards.parse("model:1.0,python:my_pkg.rewards:length_penalty:0.1")
-    assert terms[1] == ppo_rewards.RewardTerm("python", 0.1, "my_pkg.rewards:length_penalty")
+    assert ppo.rewards.parse("model") == (ppo.rewards.RewardTerm("model", 1.0),)
+    assert ppo.rewards.parse("oracle")[0].on_host
+    assert ppo.rewards.parse("ensemble:0.5") == (ppo.rewards.RewardTerm("ensemble", 0.5),)
+    terms = ppo.rewards.parse("model:1.0,python:my_pkg.rewards:length_penalty:0.1")
+    assert terms[1] == ppo.rewards.RewardTerm("python", 0.1, "my_pkg.rewards:length_penalty")
     assert terms[1].name == "python:my_pkg.rewards:length_penalty"
-    assert ppo_rewards.parse("python:a.b:f")[0].weight == 1.0
-    assert ppo_rewards.is_gold(ppo_rewards.parse("model,oracle:2"))
-    assert ppo_rewards.device_weight(terms, "model") == 1.0
-    assert ppo_rewards.device_weight(terms, "ensemble") == 0.0
+    assert ppo.rewards.parse("python:a.b:f")[0].weight == 1.0
+    assert ppo.rewards.is_gold(ppo.rewards.parse("model,oracle:2"))
+    assert ppo.rewards.device_weight(terms, "model") == 1.0
+    assert ppo.rewards.device_weight(terms, "ensemble") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_parse_the_documented_spellings():
 )
 def test_parse_errors_name_the_term(spec, match):
     with pytest.raises(ConfigError, match=match):
-        ppo_rewards.parse(spec)
+        ppo.rewards.parse(spec)
 
 
 def test_ppo_config_validates_the_reward_spec():
@@ -87,10 +87,10 @@ def user_module(tmp_path, monkeypatch):
 
 
 def test_host_rewards_weighted_sum(user_module):
-    terms = ppo_rewards.parse(
+    terms = ppo.rewards.parse(
         f"model,python:{user_module}:length:0.5,python:{user_module}:uses_ids"
     )
-    host = ppo_rewards.HostRewards(terms)
+    host = ppo.rewards.HostRewards(terms)
     assert [t.name for t in host.terms] == [
         f"python:{user_module}:length",
         f"python:{user_module}:uses_ids",
@@ -111,7 +111,7 @@ def test_host_rewards_weighted_sum(user_module):
     ],
 )
 def test_bad_reward_functions_give_one_line_errors(user_module, fn, err, match):
-    host = ppo_rewards.HostRewards(ppo_rewards.parse(f"python:{user_module}:{fn}"))
+    host = ppo.rewards.HostRewards(ppo.rewards.parse(f"python:{user_module}:{fn}"))
     with pytest.raises(err, match=match) as info:
         host.score(["cv", "cv"], ["jd", "jd"], np.array([0, 1]), 7)
     msg = str(info.value)
@@ -120,18 +120,18 @@ def test_bad_reward_functions_give_one_line_errors(user_module, fn, err, match):
 
 
 def test_nonfinite_host_reward_is_skipped_when_asked(user_module):
-    host = ppo_rewards.HostRewards(ppo_rewards.parse(f"python:{user_module}:nan"))
+    host = ppo.rewards.HostRewards(ppo.rewards.parse(f"python:{user_module}:nan"))
     total, means = host.score(["cv", "cv"], ["jd", "jd"], np.array([0, 1]), 3, "skip")
     assert total is None and means == {}
 
 
 def test_unimportable_function_and_oracle_without_market():
     with pytest.raises(ConfigError, match="cannot import 'no_such_module_xyz'"):
-        ppo_rewards.HostRewards(ppo_rewards.parse("python:no_such_module_xyz:f"))
+        ppo.rewards.HostRewards(ppo.rewards.parse("python:no_such_module_xyz:f"))
     with pytest.raises(ConfigError, match="is not a callable"):
-        ppo_rewards.HostRewards(ppo_rewards.parse("python:numpy:pi"))
+        ppo.rewards.HostRewards(ppo.rewards.parse("python:numpy:pi"))
     with pytest.raises(ConfigError, match="needs the embedded market"):
-        ppo_rewards.HostRewards(ppo_rewards.parse("oracle"), market=None)
+        ppo.rewards.HostRewards(ppo.rewards.parse("oracle"), market=None)
 
 
 def test_oracle_term_calls_the_market():
@@ -139,17 +139,17 @@ def test_oracle_term_calls_the_market():
         def true_match(self, sids, jds):
             return np.asarray(sids, dtype=float) / 10
 
-    host = ppo_rewards.HostRewards(ppo_rewards.parse("oracle:2"), market=Market())
+    host = ppo.rewards.HostRewards(ppo.rewards.parse("oracle:2"), market=Market())
     total, _ = host.score(["a", "b"], ["x", "y"], np.array([1, 2]), 1)
     np.testing.assert_allclose(total, [0.2, 0.4])
 
 
 def _split_fns(cfg, graphs, atx, ctx, controller):
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
-    sample = jax.jit(functools.partial(ppo_step.sample_step, graphs=graphs, scfg=scfg))
+    sample = jax.jit(functools.partial(ppo.step.sample_step, graphs=graphs, scfg=scfg))
     update = jax.jit(
         functools.partial(
-            ppo_step.update_step,
+            ppo.step.update_step,
             graphs=graphs,
             cfg=cfg,
             actor_tx=atx,
@@ -242,6 +242,6 @@ def test_gold_variant_is_the_default_but_ppo():
         if key not in ("ppo", "name"):
             assert str(gold[key]) == str(default[key]), key
     cfg = ppo.PPOConfig.from_config(gold.ppo)
-    assert ppo_rewards.is_gold(cfg.reward_terms)
+    assert ppo.rewards.is_gold(cfg.reward_terms)
     assert (cfg.algorithm, cfg.advantage, cfg.policy_loss) == ("ppo", "grpo", "clipped")
     assert (cfg.temperature, cfg.batch_size, cfg.kl_coef) == (0.35, 256, 0.0)

@@ -14,7 +14,7 @@ from girl_jax.data import market, market_credit
 from girl_jax.data import market_taxonomy as tax
 from girl_jax.data.tokenizer import Tokenizer
 from girl_jax.errors import ConfigError, NumericsError
-from girl_jax.stages import common, ppo, ppo_rewards, ppo_step
+from girl_jax.stages import common, ppo
 
 
 def test_token_char_ends_equal_the_decoded_prefixes():
@@ -27,7 +27,7 @@ def test_token_char_ends_equal_the_decoded_prefixes():
     for b, r in enumerate(rows):
         tokens[b, : len(r)] = r
         mask[b, : len(r) - b] = 1  # rows cut short by their masks
-    ends = ppo_rewards.token_char_ends(tok, tokens, mask)
+    ends = ppo.rewards.token_char_ends(tok, tokens, mask)
     for b in range(3):
         n = int(mask[b].sum())
         want = [len(tok.decode(tokens[b, : t + 1])) for t in range(n)]
@@ -40,7 +40,7 @@ def test_place_spans_puts_each_value_on_the_token_holding_its_character():
     ends = np.array([[3, 7, 12, 12], [2, 4, 6, 8]])
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
     rows = [[(5, 1.0), (12, -1.0), (7, 0.5)], [(1, 2.0), (99, 3.0)]]
-    values, steps = ppo_rewards.place_spans(rows, ends, mask)
+    values, steps = ppo.rewards.place_spans(rows, ends, mask)
     np.testing.assert_allclose(values, [[0, 1.5, -1.0, 0], [2.0, 0, 0, 3.0]])
     np.testing.assert_array_equal(steps, [[0, 1, 1, 0], [1, 0, 0, 1]])
 
@@ -75,10 +75,10 @@ def span_module(tmp_path, monkeypatch):
 
 
 def test_score_all_merges_weighted_spans_beside_sequence_terms(span_module):
-    terms = ppo_rewards.parse(
+    terms = ppo.rewards.parse(
         f"python:{span_module}:first_word:2,python:girl_jax.rewards:repeated_items"
     )
-    host = ppo_rewards.HostRewards(terms)
+    host = ppo.rewards.HostRewards(terms)
     jds = ["abc def", "x, x, x"]
     total, means, spans = host.score_all(["cv", "cv"], jds, np.array([0, 1]), 1)
     assert spans == [[(3, 2.0)], [(2, 2.0)]]
@@ -91,14 +91,14 @@ def test_score_all_merges_weighted_spans_beside_sequence_terms(span_module):
 @pytest.mark.parametrize(
     "fn,err,match",
     [
-        ("short", ppo_rewards.RewardFunctionError, r"Spans for 1 JDs, expected 2"),
-        ("past_end", ppo_rewards.RewardFunctionError, r"row 0 has char_end 4 outside \[1, 3\]"),
-        ("not_pairs", ppo_rewards.RewardFunctionError, r"row 0 is not a list of \(char_end"),
+        ("short", ppo.rewards.RewardFunctionError, r"Spans for 1 JDs, expected 2"),
+        ("past_end", ppo.rewards.RewardFunctionError, r"row 0 has char_end 4 outside \[1, 3\]"),
+        ("not_pairs", ppo.rewards.RewardFunctionError, r"row 0 is not a list of \(char_end"),
         ("nan", NumericsError, "non-finite span"),
     ],
 )
 def test_bad_span_rewards_give_one_line_errors(span_module, fn, err, match):
-    host = ppo_rewards.HostRewards(ppo_rewards.parse(f"python:{span_module}:{fn}"))
+    host = ppo.rewards.HostRewards(ppo.rewards.parse(f"python:{span_module}:{fn}"))
     with pytest.raises(err, match=match) as info:
         host.score_all(["cv", "cv"], ["abc", "def"], np.array([0, 1]), 9)
     assert "\n" not in str(info.value) and f"{fn} at PPO iteration 9" in str(info.value)
@@ -118,12 +118,12 @@ def test_oracle_credit_scores_each_required_skill_where_it_is_written():
     rows = market_credit.skill_spans(m, [sid], [jd])
     assert rows == [[(jd.index(a) + len(a), 1.0), (jd.index(b) + len(b), -1.0)]]
     assert market_credit.skill_spans(m, [sid], ["nothing to read here"]) == [[]]
-    assert ppo_rewards.is_gold(ppo_rewards.parse("oracle,oracle_credit:0.5"))
-    host = ppo_rewards.HostRewards(ppo_rewards.parse("oracle_credit"), market=m)
+    assert ppo.rewards.is_gold(ppo.rewards.parse("oracle,oracle_credit:0.5"))
+    host = ppo.rewards.HostRewards(ppo.rewards.parse("oracle_credit"), market=m)
     _, means, spans = host.score_all(["cv"], [jd], np.array([sid]), 1)
     assert spans == rows and means["reward_oracle_credit"] == 0.0
     with pytest.raises(ConfigError, match="'oracle_credit' needs the embedded market"):
-        ppo_rewards.HostRewards(ppo_rewards.parse("oracle_credit"), market=None)
+        ppo.rewards.HostRewards(ppo.rewards.parse("oracle_credit"), market=None)
 
 
 def _update(cfg, graphs):
@@ -132,10 +132,10 @@ def _update(cfg, graphs):
     atx = common.make_optimizer(cfg.learning_rate, 100, grad_clip=1.0, cosine=False)
     ctx = common.make_optimizer(cfg.critic_learning_rate, 100, grad_clip=1.0, cosine=False)
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
-    sample = jax.jit(functools.partial(ppo_step.sample_step, graphs=graphs, scfg=scfg))
+    sample = jax.jit(functools.partial(ppo.step.sample_step, graphs=graphs, scfg=scfg))
     update = jax.jit(
         functools.partial(
-            ppo_step.update_step,
+            ppo.step.update_step,
             graphs=graphs,
             cfg=cfg,
             actor_tx=atx,
@@ -161,8 +161,8 @@ def test_zero_spans_change_nothing_and_grpo_process_uses_them():
     mask = np.asarray(out.mask, np.float32)
     hit = (np.asarray(out.tokens) == TARGET).astype(np.float32) * mask
     steps = (host, hit * 2 - 1, mask)
-    data, stats = ppo_step.score_rollout(st, frozen, batch, out, steps, graphs=graphs, cfg=pcfg)
-    plain, _ = ppo_step.score_rollout(st, frozen, batch, out, host, graphs=graphs, cfg=pcfg)
+    data, stats = ppo.step.score_rollout(st, frozen, batch, out, steps, graphs=graphs, cfg=pcfg)
+    plain, _ = ppo.step.score_rollout(st, frozen, batch, out, host, graphs=graphs, cfg=pcfg)
     assert not np.allclose(data["advantages"], plain["advantages"])
     want = ((hit * 2 - 1) * mask).sum(1).mean()
     np.testing.assert_allclose(stats["step_reward"], want, rtol=1e-5)

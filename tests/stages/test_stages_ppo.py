@@ -14,7 +14,7 @@ from girl_jax.models.heads import ScalarHead, ScoreModel
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.rl import kl as kl_mod
-from girl_jax.stages import common, ppo, ppo_step
+from girl_jax.stages import common, ppo
 
 CFG = DecoderConfig(family="gpt2", vocab_size=16, max_len=32, d_model=32, num_layers=1, num_heads=2)
 TARGET = 5
@@ -74,14 +74,14 @@ def _setup(**overrides):
     rg, rparams = nnx.split(CountReward(), nnx.Param)
     controller = kl_mod.make_kl_controller("fixed", cfg.kl_coef)
     ref = jax.tree.map(jnp.copy, actor.params)
-    st = ppo_step.PPOState(
+    st = ppo.state.PPOState(
         actor=actor, critic=critic, kl=controller.init(), iteration=jnp.zeros((), jnp.int32)
     )
-    frozen = ppo_step.Frozen(reference=ref, reward=rparams)
-    graphs = ppo_step.Graphs(actor=ag, critic=cg, reward=rg)
+    frozen = ppo.state.Frozen(reference=ref, reward=rparams)
+    graphs = ppo.state.Graphs(actor=ag, critic=cg, reward=rg)
     step = jax.jit(
         functools.partial(
-            ppo_step.train_step,
+            ppo.step.train_step,
             graphs=graphs,
             cfg=cfg,
             scfg=ppo.sampling_config(cfg, Tok(), greedy=False),
@@ -133,7 +133,7 @@ def test_ppo_raises_toy_reward(advantage, group, extra):
 def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
     cfg, st, frozen, _, batch, graphs = _setup()
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
-    data, stats, out = ppo_step.rollout(
+    data, stats, out = ppo.step.rollout(
         st, frozen, batch, jax.random.key(0), graphs=graphs, cfg=cfg, scfg=scfg
     )
     # actor == reference at the start: per-token KL is exactly 0

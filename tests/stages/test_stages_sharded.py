@@ -14,7 +14,7 @@ from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.rl import kl as kl_mod
-from girl_jax.stages import common, ppo, ppo_step, reward, sft
+from girl_jax.stages import common, ppo, reward, sft
 
 CFG = DecoderConfig(
     family="llama",
@@ -117,13 +117,13 @@ def _run_ppo(shape):
     controller = kl_mod.make_kl_controller("adaptive", 0.05, 1.0, 100.0)
     ref = common.fresh_copy(actor.params, ash.params)
     rm = common.fresh_copy(critic.params, csh.params)
-    st = ppo_step.PPOState(
+    st = ppo.state.PPOState(
         actor=actor, critic=critic, kl=controller.init(), iteration=jnp.zeros((), jnp.int32)
     )
-    graphs = ppo_step.Graphs(actor=ag, critic=cg, reward=cg)
+    graphs = ppo.state.Graphs(actor=ag, critic=cg, reward=cg)
     step = jax.jit(
         functools.partial(
-            ppo_step.train_step,
+            ppo.step.train_step,
             graphs=graphs,
             cfg=cfg,
             scfg=ppo.sampling_config(cfg, _Tok(), greedy=True),
@@ -141,7 +141,9 @@ def _run_ppo(shape):
             batch = state_mod.put_batch(
                 {"prompt_ids": np.where(mask == 1, ids, 0), "prompt_mask": mask}, mesh
             )
-            st, m, _ = step(st, ppo_step.Frozen(reference=ref, reward=rm), batch, jax.random.key(i))
+            st, m, _ = step(
+                st, ppo.state.Frozen(reference=ref, reward=rm), batch, jax.random.key(i)
+            )
             losses.append(float(m["total_loss"]))
     return losses, jax.device_get(st.actor.params)
 

@@ -1,20 +1,16 @@
 """PPO's pure forward helpers: the actor's logits and the critic's values on the response
-positions (apart, or from one shared trunk pass), the reward model's per-sequence scores and
-the critic's explained variance. Pure functions of a graphdef, params and arrays.
+positions (apart, or from one shared trunk pass) and the critic's explained variance. Pure
+functions of a graphdef, params and arrays. (The reward model's per-sequence scores are
+`girl_jax.stages.scoring.sequence_scores`, shared with generation.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax.numpy as jnp
 from flax import nnx
 
-from girl_jax.models.heads import sequence_score
 from girl_jax.rl import losses as loss_mod
-
-if TYPE_CHECKING:  # annotations only: ppo_step imports this module
-    from girl_jax.stages.ppo_step import Graphs
+from girl_jax.stages.ppo.state import Graphs
 
 
 def response_logits(graphdef, params, ids, mask, prompt_len):
@@ -48,11 +44,6 @@ def response_logits_and_values(graphs: Graphs, actor_params, head_params, ids, m
     logits = actor.logits(h_resp)
     values = nnx.merge(graphs.critic, head_params)(h_resp).astype(jnp.float32)
     return logits, values
-
-
-def sequence_scores(graphdef, params, ids, mask, response_mask=None):
-    """The reward model's score per sequence [B] (`RewardModel`, or a `ScoreModel`'s last token)."""
-    return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 
 def explained_variance(values, returns, mask):

@@ -1,7 +1,13 @@
-"""PPO's state builder: every role, abstract (`girl plan`) or real (the driver), one code path.
+"""PPO's state: what the step carries and its builder, every role abstract (`girl plan`) or
+real (the driver) by one code path.
+
+`PPOState` (actor and critic `TrainState`s, KL controller state, iteration, the traced
+hyperparameters `HYPER_KEYS`), `Frozen` (the roles that are not trained) and `Graphs` (their
+graphdefs) are what `step.train_step` reads and returns; `scaled_optimizer` holds a learning
+rate in the optimizer state, so it is traced too (`TRACED_KEYS`: every traced key).
 
 `build_roles(cfg, config, mesh, rules, vocab_size=..., abstract=...)` (called by
-`stages.ppo.build_state`, which reads `cfg` from the config) gives the actor (a Decoder,
+`driver.build_state`, which reads `cfg` from the config) gives the actor (a Decoder,
 from the final SFT model), the critic (`ppo.critic`: a ScoreModel from the reward model's
 trunk, or a zero-initialised ScalarHead on the policy trunk), the KL controller state, the
 traced hyperparameters and the frozen roles: the reference (the SFT decoder), the reward model
@@ -13,7 +19,7 @@ and reward stages).
 Shared base (`ppo.shared_base`, on by default when `model.lora_rank > 0`): the actor's
 optimizer state covers its LoRA adapters alone (AdamW moments for them, none for the base), and
 there is no reference copy (`Frozen.reference` is None): the step's reference is the actor with
-its adapters off (`ppo_step.reference_params`). The actor starts as the SFT model with the SFT
+its adapters off (`step.reference_params`). The actor starts as the SFT model with the SFT
 stage's adapters folded into the kernels (`lora.fold_adapters`) and fresh adapters (B = 0), so
 actor == reference until the first update.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -36,13 +43,70 @@ from girl_jax.parallel import state as state_mod
 from girl_jax.parallel.rules import replicated
 from girl_jax.rl import kl as kl_mod
 from girl_jax.stages import common, reward_ensemble, reward_step, sft
-from girl_jax.stages.ppo_step import Frozen, Graphs, PPOState, init_hyper, scaled_optimizer
+from girl_jax.stages.ppo.config import PPOConfig
+
+
+@flax.struct.dataclass
+class PPOState:
+    actor: Any  # parallel.state.TrainState
+    critic: Any  # parallel.state.TrainState
+    kl: kl_mod.KLControllerState
+    iteration: jax.Array
+    # The continuous hyperparameters the losses and estimators read (HYPER_KEYS), as float32
+    # scalars: traced, not compiled in, so runs that differ only in them share one program and
+    # `girl sweep --vmap` stacks them on a cell axis. Learning rates live in the optimizer
+    # states (`scaled_optimizer`), the KL coefficient in `kl`.
+    hyper: dict = flax.struct.field(default_factory=dict)
+
+
+# config.ppo keys that enter the step as traced arrays (PPOState.hyper).
+HYPER_KEYS = (
+    "clip_eps",
+    "clip_eps_high",
+    "value_clip_eps",
+    "dual_clip_c",
+    "vf_coef",
+    "ent_coef",
+    "gamma",
+    "lam",
+)
+# Every continuous key that is traced, wherever it lives: cells differing only in these (and
+# the seed) run one compiled program.
+TRACED_KEYS = (*HYPER_KEYS, "learning_rate", "critic_learning_rate", "kl_coef")
+
+
+def init_hyper(cfg: PPOConfig) -> dict:
+    return {k: jnp.asarray(getattr(cfg, k), jnp.float32) for k in HYPER_KEYS}
+
+
+def scaled_optimizer(tx: optax.GradientTransformation, learning_rate: float):
+    """`tx` built with learning rate 1, then scaled by a learning rate held in the optimizer
+    state (optax.inject_hyperparams): the same updates as `tx` built with `learning_rate`
+    (AdamW's step, weight decay included, is linear in it), but the rate is a traced array."""
+    return optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=learning_rate))
+
+
+@flax.struct.dataclass
+class Frozen:
+    reference: Any  # nnx.State of the SFT decoder; None: the actor's base (shared base)
+    reward: Any  # nnx.State of the reward model
+    ensemble: Any = None  # reward heads stacked on a leading K axis (config.ppo.reward=ensemble)
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    actor: Any
+    critic: Any
+    reward: Any
+
+
+# ---------------------------------------------------------------- the builder
 
 
 class PPOBuilt(NamedTuple):
     """Everything PPO holds. `state` / `frozen`: abstract or real; `*shardings`: their trees."""
 
-    cfg: Any  # stages.ppo.PPOConfig, `shared_base` resolved to a bool
+    cfg: Any  # config.PPOConfig, `shared_base` resolved to a bool
     graphs: Graphs
     state: PPOState
     shardings: PPOState

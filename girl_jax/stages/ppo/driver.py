@@ -1,16 +1,15 @@
 """Stage 3, PPO against the frozen reward model with a KL penalty to the frozen SFT reference.
 
-This module is the driver: `PPOConfig`, `build_state` (actor from SFT, critic and frozen reward
-model from the RM, reference = SFT, optimizers, shardings; abstract for `girl plan`, the roles in
-`ppo_state`), `build` (its real state), and `train_and_evaluate` (restore or init,
-one jitted `ppo_step.train_step` per iteration, evaluate with the market oracle, checkpoint).
-The pure pieces — rollout, clipped loss, update — are in `girl_jax.stages.ppo_step`.
-Reads WORKDIR/{sft,reward}, writes WORKDIR/ppo/.
+This module is the driver: `build_state` (actor from SFT, critic and frozen reward model from
+the RM, reference = SFT, optimizers, shardings; abstract for `girl plan`, the roles in
+`state.build_roles`), `build` (its real state), `train_and_evaluate` (restore or init, one
+jitted `step.train_step` per iteration, evaluate with the market oracle, checkpoint) and
+`load_final_actor`. The settings are `config.PPOConfig`; the pure pieces — rollout, clipped
+loss, update — are in `step`. Reads WORKDIR/{sft,reward}, writes WORKDIR/ppo/.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -23,157 +22,15 @@ from girl_jax import checkpoint as ckpt_mod
 from girl_jax import metrics as metrics_mod
 from girl_jax import preemption, report, sampling, wandb_writer
 from girl_jax.data import batches, pipeline, prepare
-from girl_jax.errors import ConfigError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.rl import registry
-from girl_jax.stages import common, ppo_eval, ppo_rewards, ppo_state
-from girl_jax.stages.ppo_step import (
-    reference_params,
-    sample_step,
-    sequence_scores,
-    train_step,
-    update_step,
-)
-
-# `ppo.algorithm` presets, the keys each sets over the config's. bon_distill: best-of-n
-# distillation (RAFT / ReST): each group's best sample is fitted by plain NLL, the rest ignored.
-ALGORITHMS = {
-    "ppo": {},
-    "bon_distill": dict(advantage="bon", policy_loss="nll", whiten_advantages=False),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    iterations: int
-    batch_size: int
-    group_size: int
-    epochs: int
-    minibatches: int
-    learning_rate: float
-    critic_learning_rate: float
-    grad_clip: float
-    advantage: str
-    policy_loss: str
-    value_loss: str
-    kl_estimator: str
-    kl_in_reward: bool
-    kl_controller: str
-    kl_coef: float
-    target_kl: float
-    kl_horizon: float
-    gamma: float
-    lam: float
-    clip_eps: float
-    value_clip_eps: float
-    dual_clip_c: float
-    vf_coef: float
-    ent_coef: float
-    whiten_advantages: bool
-    whiten_scores: bool
-    score_clip: float
-    missing_eos_penalty: float
-    ratio_threshold: float
-    critic: str
-    temperature: float
-    top_k: int
-    top_p: float
-    max_new_tokens: int
-    eval_every: int
-    num_eval_prompts: int
-    checkpoint_every: int
-    keep: int
-    on_nonfinite: str
-    # Optional keys (configs written before they existed get these defaults).
-    reward: str = "model"  # reward terms, summed: girl_jax/stages/ppo_rewards.py
-    ensemble_agg: str = "mean"  # mean | min | mean_minus_std (config.ppo.reward=ensemble)
-    ensemble_lambda: float = 1.0  # the std weight of mean_minus_std
-    clip_eps_high: float = 0.0  # > 0: DAPO clip-higher, ratio clipped to [1-eps, 1+eps_high]
-    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
-    baseline: str = "none"  # reinforce: none | mean | value
-    grpo_eps: float = 1e-4
-    scale_by_std: bool = True  # grpo: divide by the group's std (False: Dr. GRPO)
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
-    algorithm: str = "ppo"  # ppo | bon_distill: sets the keys ALGORITHMS names
-    # LoRA actor: train the adapters alone on the frozen base, the reference = the actor with
-    # its adapters off (no second decoder). None: on when model.lora_rank > 0 (`ppo_state`).
-    shared_base: bool | None = None
-
-    def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            names = ", ".join(ALGORITHMS)
-            raise ConfigError(f"config.ppo.algorithm must be one of {names}: {self.algorithm!r}")
-        for kind, name in (
-            ("advantage", self.advantage),
-            ("policy_loss", self.policy_loss),
-            ("value_loss", self.value_loss),
-            ("kl", self.kl_estimator),
-        ):
-            try:
-                registry.get(kind, name)
-            except ConfigError as exc:
-                key = "kl_estimator" if kind == "kl" else kind
-                raise ConfigError(f"config.ppo.{key}: {exc}") from None
-        if self.batch_size % (self.minibatches * self.group_size):
-            raise ConfigError("config.ppo.batch_size must be divisible by minibatches*group_size")
-        if self.advantage in ("grpo", "rloo", "dr_grpo", "bon", "grpo_process") and (
-            self.group_size < 2
-        ):
-            raise ConfigError(
-                f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1"
-            )
-        if self.critic not in ("separate", "value_head"):
-            raise ConfigError(
-                "config.ppo.critic must be separate (a critic initialised from the RM) or "
-                "value_head (a value head on the policy trunk)"
-            )
-
-        ppo_rewards.parse(self.reward)  # ConfigError naming the bad term
-        if self.ensemble_agg not in ("mean", "min", "mean_minus_std"):
-            raise ConfigError("config.ppo.ensemble_agg must be mean, min or mean_minus_std")
-        if self.loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
-            raise ConfigError(
-                "config.ppo.loss_agg must be token_mean, seq_mean_token_mean or "
-                "seq_mean_token_sum_norm"
-            )
-        if self.baseline not in ("none", "mean", "value"):
-            raise ConfigError("config.ppo.baseline must be none, mean or value")
-        if self.dynamic_sampling and self.group_size < 2:
-            raise ConfigError("config.ppo.dynamic_sampling needs config.ppo.group_size>1")
-        if self.clip_eps_high < 0:
-            raise ConfigError("config.ppo.clip_eps_high must be >= 0 (0: = clip_eps)")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
-        if self.temperature <= 0:
-            raise ConfigError("config.ppo.temperature must be > 0")
-        if self.shared_base not in (None, True, False):
-            raise ConfigError("config.ppo.shared_base must be True, False or None (auto)")
-
-    @property
-    def needs_critic(self) -> bool:
-        return self.advantage == "gae" or (
-            self.advantage == "reinforce" and self.baseline == "value"
-        )
-
-    @functools.cached_property
-    def reward_terms(self):
-        return ppo_rewards.parse(self.reward)
-
-    @classmethod
-    def from_config(cls, c) -> PPOConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(c.keys()) - names
-        if unknown:
-            raise ConfigError(f"unknown config key config.ppo.{sorted(unknown)[0]}")
-        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        missing = names - set(c.keys()) - optional
-        if missing:
-            raise ConfigError(f"missing config key config.ppo.{sorted(missing)[0]}")
-        values = {k: c[k] for k in names if k in c}
-        values.update(ALGORITHMS.get(values.get("algorithm", "ppo"), {}))
-        return cls(**values)
+from girl_jax.stages import common
+from girl_jax.stages.ppo import evaluation, rewards
+from girl_jax.stages.ppo.config import PPOConfig
+from girl_jax.stages.ppo.state import PPOBuilt, actor_model_fn, build_roles
+from girl_jax.stages.ppo.step import reference_params, sample_step, train_step, update_step
+from girl_jax.stages.scoring import sequence_scores
 
 
 def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
@@ -188,18 +45,15 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
     )
 
 
-# ---------------------------------------------------------------- driver
-
-
 def build_state(
     config, mesh, rules, *, vocab_size: int, abstract: bool, workdir: str | None = None
-) -> ppo_state.PPOBuilt:
+) -> PPOBuilt:
     """PPO's graphs, state and shardings, frozen roles (reference, reward model, ensemble) and
-    their shardings, optimizers and KL controller (`ppo_state.build_roles`). abstract:
+    their shardings, optimizers and KL controller (`state.build_roles`). abstract:
     ShapeDtypeStructs with shardings (`girl plan`); else the real state, the actor from the
     final SFT model and the critic from the reward model in `workdir`."""
     cfg = PPOConfig.from_config(config.ppo)
-    return ppo_state.build_roles(
+    return build_roles(
         cfg, config, mesh, rules, vocab_size=vocab_size, abstract=abstract, workdir=workdir
     )
 
@@ -233,7 +87,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         config, workdir, data, mesh, rules
     )
     scfg = sampling_config(cfg, tok, greedy=False)
-    host = ppo_rewards.HostRewards(cfg.reward_terms, data.market)
+    host = rewards.HostRewards(cfg.reward_terms, data.market)
     batch_sh = state_mod.batch_sharding(mesh)
     roles = dict(graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx)
     if host:  # rollout (jitted) -> host scoring -> update (jitted, donated)
@@ -264,7 +118,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     per_iter = cfg.batch_size // cfg.group_size
     it = pipeline.make_iterator(prompts, batch_size=per_iter, seed=config.seed + 2)
 
-    evaluate = ppo_eval.make_evaluator(config, cfg, data, graphs, frozen, score_fn)
+    evaluate = evaluation.make_evaluator(config, cfg, data, graphs, frozen, score_fn)
 
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
     start = ckpt.latest_step() or 0
@@ -305,8 +159,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             )
             if spans is not None and host_score is not None:  # span rewards: on their tokens
                 tok_np, mask_np = jax.device_get((tokens, resp_mask))
-                ends = ppo_rewards.token_char_ends(tok, tok_np, mask_np)
-                host_score = (host_score, *ppo_rewards.place_spans(spans, ends, mask_np))
+                ends = rewards.token_char_ends(tok, tok_np, mask_np)
+                host_score = (host_score, *rewards.place_spans(spans, ends, mask_np))
             if host_score is None:  # non-finite host reward, on_nonfinite=skip: no update
                 skipped += 1
                 m = {"host_reward_finite": 0.0}
@@ -336,7 +190,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     bar.close()
     if start >= cfg.iterations:  # killed after the last checkpoint, before final.json
         last_eval, _ = evaluate(state.actor.params)  # greedy: the same numbers as before
-    result = ppo_eval.result(cfg, out_dir, start_eval, last_eval)
+    result = evaluation.result(cfg, out_dir, start_eval, last_eval)
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
 
@@ -351,7 +205,7 @@ def load_final_actor(workdir: str, config, data, mesh, rules):
     """(graphdef, params) of the final PPO actor. Builds the actor alone, abstractly (no critic,
     reward model or reference), and reads only its parameters from the checkpoint, so PPO
     states of other layouts (critic kinds, optimizers, earlier versions) load too."""
-    model_fn = ppo_state.actor_model_fn(config, data.tokenizer.vocab_size)
+    model_fn = actor_model_fn(config, data.tokenizer.vocab_size)
     graph, abstract, _, _ = state_mod.build_train_state(
         model_fn, optax.identity(), mesh, rules, abstract=True
     )

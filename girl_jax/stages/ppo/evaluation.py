@@ -1,4 +1,4 @@
-"""PPO's evaluation, shared by the stage driver (`stages/ppo.py`) and `girl sweep --vmap`.
+"""PPO's evaluation, shared by the stage driver (`driver`) and `girl sweep --vmap`.
 
 `make_evaluator` returns `evaluate(params) -> (metrics, texts)`: greedy JDs for the first
 `ppo.num_eval_prompts` validation CVs, their reward-model (proxy) score, and, on the embedded
@@ -11,8 +11,9 @@ import numpy as np
 
 from girl_jax.data import batches
 from girl_jax.metrics import read_metrics
-from girl_jax.stages import common, ppo_rewards
+from girl_jax.stages import common
 from girl_jax.stages.generator import Generator, score_texts
+from girl_jax.stages.ppo.rewards import is_gold
 from girl_jax.stages.scoring import score_dataset
 
 
@@ -64,5 +65,5 @@ def result(cfg, out_dir: str, start_eval: dict, last_eval: dict) -> dict:
         advantage=cfg.advantage,
         policy_loss=cfg.policy_loss,
         reward=cfg.reward,
-        gold_reward=ppo_rewards.is_gold(cfg.reward_terms),
+        gold_reward=is_gold(cfg.reward_terms),
     )

@@ -1,13 +1,15 @@
-"""PPO's pure pieces: the state, the rollout, the clipped loss, the update and one iteration.
+"""PPO's pure pieces: the rollout, the clipped loss, the update and one iteration.
 
 Everything here is a pure function of arrays and static config, jitted by the driver
-(`girl_jax.stages.ppo`) with shardings and donated state: `train_step(state, frozen, batch,
-rng)` samples JDs for a batch of CVs (KV-cache sampler), scores them with the reward model,
-computes reference log-probs, critic values, per-token rewards (-beta*KL + score) and
-advantages from the registry, then runs epochs x shuffled minibatches of clipped updates as
-nested `lax.scan`s. Old log-probs, values and advantages are frozen at rollout time
-(lm-human-preferences semantics). The forward helpers (response logits / values, sequence
-scores, explained variance) live in `girl_jax.stages.ppo_forward`.
+(`driver.train_and_evaluate`; `girl sweep --vmap` too) with shardings and donated state:
+`train_step(state, frozen, batch, rng)` samples JDs for a batch of CVs (KV-cache sampler),
+scores them with the reward model, computes reference log-probs, critic values, per-token
+rewards (-beta*KL + score) and advantages from the registry, then runs epochs x shuffled
+minibatches of clipped updates as nested `lax.scan`s. Old log-probs, values and advantages are
+frozen at rollout time (lm-human-preferences semantics). The state the step carries
+(`PPOState`, `Frozen`, `Graphs`, the traced hyperparameters) is in `state`, the forward helpers
+(response logits / values, explained variance) in `forward`, the reward model's per-sequence
+scores in `girl_jax.stages.scoring`.
 
 Shared base (`cfg.shared_base`, a LoRA actor): the actor's `TrainState` holds every Param, base
 and adapters, but its optimizer state covers the adapters alone; the update differentiates the
@@ -19,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,78 +33,24 @@ from girl_jax.rl import ensemble as ens_mod
 from girl_jax.rl import filters, registry, shaping
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import losses as loss_mod
-from girl_jax.stages import common, ppo_rewards
+from girl_jax.stages import common
 from girl_jax.stages import reward as reward_mod
-from girl_jax.stages.ppo_forward import (  # noqa: F401 (re-exported: they lived here)
+from girl_jax.stages.ppo.config import PPOConfig
+from girl_jax.stages.ppo.forward import (
     explained_variance,
     response_logits,
     response_logits_and_values,
     response_values,
-    sequence_scores,
 )
-
-if TYPE_CHECKING:
-    from girl_jax.stages.ppo import PPOConfig
-
-
-@flax.struct.dataclass
-class PPOState:
-    actor: Any  # parallel.state.TrainState
-    critic: Any  # parallel.state.TrainState
-    kl: kl_mod.KLControllerState
-    iteration: jax.Array
-    # The continuous hyperparameters the losses and estimators read (HYPER_KEYS), as float32
-    # scalars: traced, not compiled in, so runs that differ only in them share one program and
-    # `girl sweep --vmap` stacks them on a cell axis. Learning rates live in the optimizer
-    # states (`scaled_optimizer`), the KL coefficient in `kl`.
-    hyper: dict = flax.struct.field(default_factory=dict)
-
-
-# config.ppo keys that enter the step as traced arrays (PPOState.hyper).
-HYPER_KEYS = (
-    "clip_eps",
-    "clip_eps_high",
-    "value_clip_eps",
-    "dual_clip_c",
-    "vf_coef",
-    "ent_coef",
-    "gamma",
-    "lam",
-)
-# Every continuous key that is traced, wherever it lives: cells differing only in these (and
-# the seed) run one compiled program.
-TRACED_KEYS = (*HYPER_KEYS, "learning_rate", "critic_learning_rate", "kl_coef")
-
-
-def init_hyper(cfg: PPOConfig) -> dict:
-    return {k: jnp.asarray(getattr(cfg, k), jnp.float32) for k in HYPER_KEYS}
+from girl_jax.stages.ppo.rewards import device_weight
+from girl_jax.stages.ppo.state import Frozen, Graphs, PPOState
+from girl_jax.stages.scoring import sequence_scores
 
 
 def hparams(cfg: PPOConfig, hyper: dict) -> dict:
     """What the registered RL functions read (`registry.hparam`): the static config's fields with
     the traced values of `hyper` in place of their constants."""
     return {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **hyper}
-
-
-def scaled_optimizer(tx: optax.GradientTransformation, learning_rate: float):
-    """`tx` built with learning rate 1, then scaled by a learning rate held in the optimizer
-    state (optax.inject_hyperparams): the same updates as `tx` built with `learning_rate`
-    (AdamW's step, weight decay included, is linear in it), but the rate is a traced array."""
-    return optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=learning_rate))
-
-
-@flax.struct.dataclass
-class Frozen:
-    reference: Any  # nnx.State of the SFT decoder; None: the actor's base (shared base)
-    reward: Any  # nnx.State of the reward model
-    ensemble: Any = None  # reward heads stacked on a leading K axis (config.ppo.reward=ensemble)
-
-
-@dataclasses.dataclass(frozen=True)
-class Graphs:
-    actor: Any
-    critic: Any
-    reward: Any
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -131,7 +77,7 @@ def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: 
     terms = cfg.reward_terms
     total = jnp.zeros(ids.shape[:1], jnp.float32)
     parts = {}
-    w_model = ppo_rewards.device_weight(terms, "model")
+    w_model = device_weight(terms, "model")
     if w_model or not any(t.kind == "ensemble" for t in terms):
         # The RM is scored whenever it is the only device role: its score is the proxy reward
         # that the over-optimisation picture tracks, even in gold / python-reward runs.
@@ -145,7 +91,7 @@ def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: 
         parts["ensemble_reward"] = agg
         parts["ensemble_std"] = jnp.std(members_KxB, axis=0)
         parts.setdefault("proxy_reward", jnp.mean(members_KxB, axis=0))
-        total = total + ppo_rewards.device_weight(terms, "ensemble") * agg
+        total = total + device_weight(terms, "ensemble") * agg
     return total, parts
 
 
@@ -163,7 +109,7 @@ def score_rollout(
 
     `out` is the sampler's output (tokens, mask, has_eos); `host_score` [B] is the weighted sum
     of the host-side reward terms (oracle, Python functions), or None when there are none, or
-    `(score_B, steps_BxT, step_mask_BxT)` with span terms (`ppo_rewards.place_spans`): step
+    `(score_B, steps_BxT, step_mask_BxT)` with span terms (`rewards.place_spans`): step
     rewards for `grpo_process`, per-token rewards for the estimators that read them (GAE,
     REINFORCE++), else summed into the sequence reward.
     """

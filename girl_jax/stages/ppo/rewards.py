@@ -19,14 +19,14 @@ Each term takes an optional trailing ``:weight`` (default 1.0), e.g.
 
 `model` and `ensemble` run on device, inside the step. `oracle` and `python` terms run on the
 host: the iteration then splits into a jitted rollout, host scoring and a jitted, donated
-update (`ppo_step.sample_step` / `ppo_step.update_step`); with device terms alone it stays one
+update (`step.sample_step` / `step.update_step`); with device terms alone it stays one
 fused program. A host function that raises, returns the wrong type or length stops the run
 with one line naming it and the iteration; non-finite values do too, or the iteration is
 skipped and counted with `ppo.on_nonfinite=skip`.
 
 Span terms (`oracle_credit`, a function returning `Spans`) give step rewards: `place_spans`
 puts each value on the token holding its character (`token_char_ends`), and the update gets
-them beside the sequence reward (`ppo_step.score_rollout`: step rewards for `grpo_process`,
+them beside the sequence reward (`step.score_rollout`: step rewards for `grpo_process`,
 per-token rewards for GAE / REINFORCE++, summed into the sequence reward otherwise).
 """
 

@@ -1,0 +1,150 @@
+"""PPO's settings: `PPOConfig` (config.ppo, checked on construction) and the `ppo.algorithm`
+presets (`ALGORITHMS`). `reward_terms` is `config.ppo.reward` parsed (`rewards.parse`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from girl_jax.errors import ConfigError
+from girl_jax.rl import registry
+from girl_jax.stages.ppo import rewards
+
+# `ppo.algorithm` presets, the keys each sets over the config's. bon_distill: best-of-n
+# distillation (RAFT / ReST): each group's best sample is fitted by plain NLL, the rest ignored.
+ALGORITHMS = {
+    "ppo": {},
+    "bon_distill": dict(advantage="bon", policy_loss="nll", whiten_advantages=False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    iterations: int
+    batch_size: int
+    group_size: int
+    epochs: int
+    minibatches: int
+    learning_rate: float
+    critic_learning_rate: float
+    grad_clip: float
+    advantage: str
+    policy_loss: str
+    value_loss: str
+    kl_estimator: str
+    kl_in_reward: bool
+    kl_controller: str
+    kl_coef: float
+    target_kl: float
+    kl_horizon: float
+    gamma: float
+    lam: float
+    clip_eps: float
+    value_clip_eps: float
+    dual_clip_c: float
+    vf_coef: float
+    ent_coef: float
+    whiten_advantages: bool
+    whiten_scores: bool
+    score_clip: float
+    missing_eos_penalty: float
+    ratio_threshold: float
+    critic: str
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
+    eval_every: int
+    num_eval_prompts: int
+    checkpoint_every: int
+    keep: int
+    on_nonfinite: str
+    # Optional keys (configs written before they existed get these defaults).
+    reward: str = "model"  # reward terms, summed: girl_jax/stages/ppo/rewards.py
+    ensemble_agg: str = "mean"  # mean | min | mean_minus_std (config.ppo.reward=ensemble)
+    ensemble_lambda: float = 1.0  # the std weight of mean_minus_std
+    clip_eps_high: float = 0.0  # > 0: DAPO clip-higher, ratio clipped to [1-eps, 1+eps_high]
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    baseline: str = "none"  # reinforce: none | mean | value
+    grpo_eps: float = 1e-4
+    scale_by_std: bool = True  # grpo: divide by the group's std (False: Dr. GRPO)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    algorithm: str = "ppo"  # ppo | bon_distill: sets the keys ALGORITHMS names
+    # LoRA actor: train the adapters alone on the frozen base, the reference = the actor with
+    # its adapters off (no second decoder). None: on when model.lora_rank > 0 (`state.shared_base`).
+    shared_base: bool | None = None
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            names = ", ".join(ALGORITHMS)
+            raise ConfigError(f"config.ppo.algorithm must be one of {names}: {self.algorithm!r}")
+        for kind, name in (
+            ("advantage", self.advantage),
+            ("policy_loss", self.policy_loss),
+            ("value_loss", self.value_loss),
+            ("kl", self.kl_estimator),
+        ):
+            try:
+                registry.get(kind, name)
+            except ConfigError as exc:
+                key = "kl_estimator" if kind == "kl" else kind
+                raise ConfigError(f"config.ppo.{key}: {exc}") from None
+        if self.batch_size % (self.minibatches * self.group_size):
+            raise ConfigError("config.ppo.batch_size must be divisible by minibatches*group_size")
+        if self.advantage in ("grpo", "rloo", "dr_grpo", "bon", "grpo_process") and (
+            self.group_size < 2
+        ):
+            raise ConfigError(
+                f"config.ppo.advantage={self.advantage} needs config.ppo.group_size>1"
+            )
+        if self.critic not in ("separate", "value_head"):
+            raise ConfigError(
+                "config.ppo.critic must be separate (a critic initialised from the RM) or "
+                "value_head (a value head on the policy trunk)"
+            )
+
+        rewards.parse(self.reward)  # ConfigError naming the bad term
+        if self.ensemble_agg not in ("mean", "min", "mean_minus_std"):
+            raise ConfigError("config.ppo.ensemble_agg must be mean, min or mean_minus_std")
+        if self.loss_agg not in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+            raise ConfigError(
+                "config.ppo.loss_agg must be token_mean, seq_mean_token_mean or "
+                "seq_mean_token_sum_norm"
+            )
+        if self.baseline not in ("none", "mean", "value"):
+            raise ConfigError("config.ppo.baseline must be none, mean or value")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ConfigError("config.ppo.dynamic_sampling needs config.ppo.group_size>1")
+        if self.clip_eps_high < 0:
+            raise ConfigError("config.ppo.clip_eps_high must be >= 0 (0: = clip_eps)")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
+        if self.temperature <= 0:
+            raise ConfigError("config.ppo.temperature must be > 0")
+        if self.shared_base not in (None, True, False):
+            raise ConfigError("config.ppo.shared_base must be True, False or None (auto)")
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.advantage == "gae" or (
+            self.advantage == "reinforce" and self.baseline == "value"
+        )
+
+    @functools.cached_property
+    def reward_terms(self):
+        return rewards.parse(self.reward)
+
+    @classmethod
+    def from_config(cls, c) -> PPOConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(c.keys()) - names
+        if unknown:
+            raise ConfigError(f"unknown config key config.ppo.{sorted(unknown)[0]}")
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = names - set(c.keys()) - optional
+        if missing:
+            raise ConfigError(f"missing config key config.ppo.{sorted(missing)[0]}")
+        values = {k: c[k] for k in names if k in c}
+        values.update(ALGORITHMS.get(values.get("algorithm", "ppo"), {}))
+        return cls(**values)
