@@ -122,7 +122,7 @@ def get_config(arg=None):
         match_features=True,
         # Linear probing first: the head is fitted on features of the frozen SFT trunk, computed
         # once (epochs are cheap), early-stopped on validation AUC; then `steps` of end-to-end
-        # fine-tuning (0: keep the probed model). See girl_jax/stages/reward_probe.py.
+        # fine-tuning (0: keep the probed model). See girl_jax/stages/reward/probe.py.
         # > 0: synthetic hard negatives per positive (an accepted JD with one field made wrong:
         # city, pay, years, degree or skills), girl_jax/data/negatives.py; docs/rl.md.
         synthetic_negatives=1.0,
@@ -147,7 +147,7 @@ def get_config(arg=None):
         # Reward-model ensemble (Coste et al. 2023): K >= 2 more heads fitted on the probe's
         # cached frozen-trunk features (needs steps=0), member k from seed seed+1000+k, each on
         # a bootstrap resample of the training rows when ensemble_bootstrap; 0: none.
-        # Written to WORKDIR/reward/ensemble; see girl_jax/stages/reward.py.
+        # Written to WORKDIR/reward/ensemble; see girl_jax/stages/reward/ensemble.py.
         ensemble_size=0,
         ensemble_bootstrap=True,
     )

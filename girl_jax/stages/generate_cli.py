@@ -33,7 +33,8 @@ from girl_jax.errors import CheckpointError, DataError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.stages import common, ppo, sft
-from girl_jax.stages.generator import Generator, best_of_n, reward_scorer
+from girl_jax.stages.generator import Generator, best_of_n
+from girl_jax.stages.reward import reward_scorer
 
 
 def _read_cv(path: str) -> str:

@@ -1,12 +1,11 @@
 """Writing JDs for CVs with a trained generator: fixed-shape batches through the jitted sampler.
 
 `Generator` serves the generate stage (`generate.py`), `girl generate` (`generate_cli.py`) and
-the SFT, reward and PPO evaluations.
+the SFT, reward and PPO evaluations. It reads no stage's checkpoints (the final reward model
+as a scorer of JDs, `reward_scorer`, is in `stages/reward/state.py`), so every stage can use it.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import numpy as np
@@ -14,8 +13,6 @@ import numpy as np
 from girl_jax import sampling
 from girl_jax.data import batches
 from girl_jax.data import market as market_mod
-from girl_jax.stages.reward_step import load_final_params
-from girl_jax.stages.scoring import score_dataset, sequence_scores
 
 
 class Generator:
@@ -114,7 +111,8 @@ def score_texts(market, seeker_ids, texts) -> dict[str, float]:
 
 
 def best_of_n(gen: Generator, score_fn, cvs, n: int, rng):
-    """Best-of-n: `n` sampled JDs per CV, the one `score_fn(cvs, jds) -> [B]` rates highest.
+    """Best-of-n: `n` sampled JDs per CV, the one `score_fn(cvs, jds) -> [B]` rates highest
+    (e.g. the final reward model's, `reward.reward_scorer`).
 
     Returns (texts, their scores [B], all scores [n, B]). The baseline PPO should beat at equal
     KL (KL of best-of-n from its sampler: log n - (n - 1) / n, `overopt.bon_kl`).
@@ -127,18 +125,3 @@ def best_of_n(gen: Generator, score_fn, cvs, n: int, rng):
     best_B = np.argmax(scores_NxB, axis=0)
     texts = [draws[k][b] for b, k in enumerate(best_B)]
     return texts, scores_NxB[best_B, np.arange(len(cvs))], scores_NxB
-
-
-def reward_scorer(workdir: str, config, tokenizer):
-    """`(cvs, jds) -> RM scores [B]` with the final reward model, batched (host arrays)."""
-    graphdef, params = load_final_params(workdir, config, tokenizer.vocab_size)
-    fn = jax.jit(functools.partial(sequence_scores, graphdef))
-    max_len = config.sft.max_prompt_len + config.ppo.max_new_tokens
-
-    def score(cvs, jds):
-        enc = batches.encode_reward(
-            tokenizer, list(cvs), list(jds), [0] * len(jds), max_len=max_len
-        )
-        return score_dataset(fn, params, enc, 64)
-
-    return score

@@ -95,7 +95,7 @@ def test_repeat_kind_repeats_a_skill_or_duty_and_is_opt_in(small_market):
 def test_negative_kinds_config_is_validated():
     from girl_jax.configuration import load_config
     from girl_jax.errors import ConfigError
-    from girl_jax.stages.reward_step import RewardConfig
+    from girl_jax.stages.reward import RewardConfig
 
     c = load_config("configs/default.py", ["reward.synthetic_negative_kinds=city,repeat"])
     assert RewardConfig.from_config(c.reward).negative_kinds == ("city", "repeat")

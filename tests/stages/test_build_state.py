@@ -23,7 +23,7 @@ from girl_jax.models.heads import RewardModel, ScalarHead, ScoreModel
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, plans, ppo, reward, reward_step, sft
+from girl_jax.stages import common, plans, ppo, reward, sft
 
 VOCAB = 128
 
@@ -138,7 +138,7 @@ def _finished_workdir(config, tmp_path):
     """A workdir whose sft and reward stages are final (their freshly initialised states)."""
     mesh, rules = _mesh_rules(config)
     saved = {}
-    for name, builder in (("sft", sft.build_state), ("reward", reward_step.build_state)):
+    for name, builder in (("sft", sft.build_state), ("reward", reward.build_state)):
         built = builder(config, mesh, rules, vocab_size=VOCAB, abstract=False)
         ckpt = ckpt_mod.StageCheckpointer(str(tmp_path / name))
         ckpt.save(1, built.state, {})
@@ -248,8 +248,9 @@ def test_final_loaders_restore_through_the_builders(tmp_path, monkeypatch):
         (ppo.driver, "build_state"),
         (ppo.driver, "build_roles"),
         (sft, "load_final_params"),
-        (reward_step, "load_final_params"),
-        (reward_step, "build_state"),
+        (reward, "load_final_params"),
+        (reward, "build_state"),
+        (reward.state, "build_state"),
     ):
         monkeypatch.setattr(module, name, refuse)
     graphdef, params = ppo.load_final_actor(workdir, config, _data(), mesh, rules)

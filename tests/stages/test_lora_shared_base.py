@@ -21,7 +21,7 @@ from girl_jax.models.decoder import Decoder, DecoderConfig
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, plans, ppo, reward_step, sft
+from girl_jax.stages import common, plans, ppo, reward, sft
 
 VOCAB = 128
 RANK, ALPHA = 4, 8.0
@@ -123,7 +123,7 @@ def workdir(tmp_path_factory):
         sft_state.params,
     )
     sft_state = sft_state.replace(params=params)
-    rm_state = reward_step.build_state(config, mesh, rules, vocab_size=VOCAB, abstract=False).state
+    rm_state = reward.build_state(config, mesh, rules, vocab_size=VOCAB, abstract=False).state
     for name, state in (("sft", sft_state), ("reward", rm_state)):
         ckpt = ckpt_mod.StageCheckpointer(str(path / name))
         ckpt.save(1, state, {})

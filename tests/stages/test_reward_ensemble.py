@@ -12,7 +12,8 @@ from flax import nnx
 
 from girl_jax.configuration import load_config
 from girl_jax.errors import ConfigError
-from girl_jax.stages import reward, reward_probe
+from girl_jax.stages import reward
+from girl_jax.stages.reward import probe
 
 K = 3
 
@@ -70,7 +71,7 @@ def _run(base, tmp_path, name, ensemble_size):
 def test_ensemble_end_to_end(base_workdir, tmp_path, monkeypatch):
     base, vocab = base_workdir
     # the RM-vs-oracle check on sampled JDs (a sampler compile) is not what this file tests
-    monkeypatch.setattr(reward, "_oracle_tracking", lambda *a, **k: {})
+    monkeypatch.setattr(reward.driver, "_oracle_tracking", lambda *a, **k: {})
     _, plain_dir, plain = _run(base, tmp_path, "plain", 0)
     config, workdir, result = _run(base, tmp_path, "ens", K)
 
@@ -132,7 +133,7 @@ def test_fit_ensemble_bootstraps_and_stacks():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype(np.float32)
     y = (x[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(np.float32)
-    feats = reward_probe.Features(x[:200], y[:200], x[200:], y[200:])
+    feats = probe.Features(x[:200], y[:200], x[200:], y[200:])
     c = load_config("configs/default.py:smoke").reward
     c.update(
         steps=0,
@@ -150,7 +151,7 @@ def test_fit_ensemble_bootstraps_and_stacks():
 
     seen = []
     for bootstrap in (True, False):
-        stacked, members = reward_probe.fit_ensemble(
+        stacked, members = probe.fit_ensemble(
             cfg, g, init, feats, [5, 6], bootstrap=bootstrap, on_member=lambda k, m: seen.append(k)
         )
         assert stacked["out"]["kernel"][...].shape == (2, 8, 1)
@@ -159,9 +160,9 @@ def test_fit_ensemble_bootstraps_and_stacks():
         w = np.asarray(stacked["out"]["kernel"][...])
         assert not np.allclose(w[0], w[1])
     assert seen == [0, 1, 0, 1]
-    b = reward_probe.bootstrap_rows(200, 5)
+    b = probe.bootstrap_rows(200, 5)
     assert len(b) == 200 and len(np.unique(b)) < 200
-    np.testing.assert_array_equal(b, reward_probe.bootstrap_rows(200, 5))
+    np.testing.assert_array_equal(b, probe.bootstrap_rows(200, 5))
 
 
 def test_ensemble_options_are_checked():

@@ -1,4 +1,4 @@
-"""The reward probe's pure step (`reward_probe.probe_train_step`), jitted with shardings and the
+"""The reward probe's pure step (`reward.probe.probe_train_step`), jitted with shardings and the
 head's state donated, against the closure-jitted, un-sharded step it replaced."""
 
 import functools
@@ -12,7 +12,7 @@ from flax import nnx
 from girl_jax.models.heads import RewardHead
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
-from girl_jax.stages import reward_probe
+from girl_jax.stages.reward import probe
 
 D = 8
 
@@ -20,7 +20,7 @@ D = 8
 def _old_step(graphdef, objective, margin, learning_rate, weight_decay):
     """The probe's step before it was made pure: plain jax.jit, no shardings, no donation."""
     tx = optax.adamw(learning_rate, weight_decay=weight_decay)
-    loss = functools.partial(reward_probe.probe_loss, objective=objective, margin=margin)
+    loss = functools.partial(probe.probe_loss, objective=objective, margin=margin)
 
     @jax.jit
     def step(hp, opt, x, y):
@@ -78,9 +78,9 @@ def test_sharded_probe_step_matches_the_plain_jit_and_donates(
 
     mesh = mesh_mod.make_mesh(mesh_cfg)
     rules = rules_mod.DEFAULT_RULES
-    x_sh, y_sh = reward_probe.batch_shardings(mesh, rules, bs, objective)
-    tx, step, _ = reward_probe._head_fns(graphdef, objective, margin, lr, wd, (x_sh, y_sh))
-    state = reward_probe.init_probe_state(p, tx, mesh)
+    x_sh, y_sh = probe.batch_shardings(mesh, rules, bs, objective)
+    tx, step, _ = probe._head_fns(graphdef, objective, margin, lr, wd, (x_sh, y_sh))
+    state = probe.init_probe_state(p, tx, mesh)
 
     axis = 0 if objective == "pointwise" else 1
     hp, opt = p, tx_old.init(p)
@@ -90,7 +90,7 @@ def test_sharded_probe_step_matches_the_plain_jit_and_donates(
         yb = y[idx] if y is not None else np.zeros((bs,), np.float32)
         hp, opt, want = old_step(hp, opt, xb, yb)
 
-        batch = reward_probe.put_batch(xb, yb, x_sh, y_sh)
+        batch = probe.put_batch(xb, yb, x_sh, y_sh)
         for a in jax.tree.leaves(batch):  # rows split over the "batch" axes of the rules
             assert len(a.sharding.device_set) == 8
             assert len({str(s.index) for s in a.addressable_shards}) == shards
@@ -136,7 +136,7 @@ def _old_fit_head(graphdef, p, train_x, train_y, val_x, val_y, *, bs, patience, 
             idx = perm[b : b + bs]
             p, opt, value = step(p, opt, train_x[idx], train_y[idx])
             losses.append(float(value))
-        auc = reward_probe._auc(val_y, np.asarray(score(p, val_x)))
+        auc = probe._auc(val_y, np.asarray(score(p, val_x)))
         history.append({"probe_loss": float(np.mean(losses)), "probe_val_auc": auc})
         if auc > best_auc:
             best, best_auc, since = p, auc, 0
@@ -158,7 +158,7 @@ def test_fit_head_on_the_sharded_step_keeps_the_old_numbers_and_early_stopping()
     want, want_hist = _old_fit_head(
         graphdef, p, x[:400], y[:400], x[400:], y[400:], bs=40, patience=2, seed=7, **kw
     )
-    got, hist = reward_probe.fit_head(
+    got, hist = probe.fit_head(
         graphdef,
         p,
         x[:400],

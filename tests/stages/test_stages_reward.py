@@ -122,7 +122,7 @@ def test_probe_fits_the_head_on_cached_features(objective):
     from flax import nnx
 
     from girl_jax.models.heads import RewardHead
-    from girl_jax.stages import reward_probe
+    from girl_jax.stages.reward import probe
 
     rng = np.random.default_rng(0)
     d = 8
@@ -138,7 +138,7 @@ def test_probe_fits_the_head_on_cached_features(objective):
         k = min(len(pos), len(neg))
         tx, ty = np.stack([pos[:k], neg[:k]]), None
     seen = []
-    best, hist = reward_probe.fit_head(
+    best, hist = probe.fit_head(
         g,
         p,
         tx,
@@ -158,7 +158,7 @@ def test_probe_fits_the_head_on_cached_features(objective):
     assert aucs[0] < max(aucs) and max(aucs) > 0.9, aucs
     assert seen == list(range(1, len(hist) + 1))
     s = np.asarray(nnx.merge(g, best)(x[1500:]))
-    assert reward_probe._auc(y[1500:], s) == pytest.approx(max(aucs))
+    assert probe._auc(y[1500:], s) == pytest.approx(max(aucs))
 
 
 def test_score_dataset_sorts_trims_and_restores_order():
@@ -214,9 +214,9 @@ def test_attention_pool_matches_numpy_and_ignores_padding():
 
 @pytest.mark.parametrize("objective", ["pointwise", "pairwise"])
 def test_probe_on_token_states_fits_the_attention_head(objective):
-    """reward_probe.probe with the token head: cached states in, a head that separates out."""
+    """reward.probe.probe with the token head: cached states in, a head that separates out."""
     from girl_jax.models.heads import RewardModel
-    from girl_jax.stages import reward_probe
+    from girl_jax.stages.reward import probe
 
     c = load_config("configs/default.py:smoke").reward
     c.update(objective=objective, head="attn_mlp", probe_epochs=25, probe_batch_size=32)
@@ -241,17 +241,17 @@ def test_probe_on_token_states_fits_the_attention_head(objective):
             "rejected_mask": tr["attention_mask"][neg][:k],
             "rejected_response_mask": tr["response_mask"][neg][:k],
         }
-    params, history = reward_probe.probe(cfg, g, p, tr, val, seed=0)
+    params, history = probe.probe(cfg, g, p, tr, val, seed=0)
     assert max(h["probe_val_auc"] for h in history) > 0.9, history
     s = nnx.merge(g, params)(val["input_ids"], val["attention_mask"], val["response_mask"])[0]
-    assert reward_probe._auc(val["label"], np.asarray(s)) > 0.9
+    assert probe._auc(val["label"], np.asarray(s)) > 0.9
 
 
 def test_probe_with_match_flags_learns_an_exact_lookup():
     """Label 1 iff the JD's one token occurs in the CV: with match flags (and the head on the
     residual after block 1 of 2) the probe separates it; the merged model scores the same."""
     from girl_jax.models.heads import RewardModel
-    from girl_jax.stages import reward_probe
+    from girl_jax.stages.reward import probe
 
     rng = np.random.default_rng(0)
     n, cv_len = 320, 6
@@ -275,10 +275,10 @@ def test_probe_with_match_flags_learns_an_exact_lookup():
         two, rngs=nnx.Rngs(0), head="attn_mlp", head_hidden=16, feature_layer=1, match_features=True
     )
     g, p = nnx.split(model)
-    params, history = reward_probe.probe(cfg, g, p, tr, val, seed=0)
+    params, history = probe.probe(cfg, g, p, tr, val, seed=0)
     assert max(h["probe_val_auc"] for h in history) > 0.97, history
     s = nnx.merge(g, params)(val["input_ids"], val["attention_mask"], val["response_mask"])[0]
-    assert reward_probe._auc(val["label"], np.asarray(s)) > 0.97
+    assert probe._auc(val["label"], np.asarray(s)) > 0.97
 
 
 def test_reward_feature_options_are_checked_against_the_head_and_model():

@@ -42,7 +42,8 @@ from girl_jax.models.heads import ScalarHead, ScoreModel, transplant_trunk
 from girl_jax.parallel import state as state_mod
 from girl_jax.parallel.rules import replicated
 from girl_jax.rl import kl as kl_mod
-from girl_jax.stages import common, reward_ensemble, reward_step, sft
+from girl_jax.stages import common, sft
+from girl_jax.stages import reward as reward_mod
 from girl_jax.stages.ppo.config import PPOConfig
 
 
@@ -168,10 +169,10 @@ def _frozen(config, mesh, rules, cfg, *, vocab_size, abstract, workdir):
     wants_ensemble = any(t.kind == "ensemble" for t in cfg.reward_terms)
     if not abstract:
         _, sft_params = sft.load_final_params(workdir, config, vocab_size)
-        rm_graph, rm_params = reward_step.load_final_params(workdir, config, vocab_size)
+        rm_graph, rm_params = reward_mod.load_final_params(workdir, config, vocab_size)
         ensemble = None
         if wants_ensemble:
-            _, _, ensemble = reward_ensemble.load_final_ensemble(workdir, config, vocab_size)
+            _, _, ensemble = reward_mod.load_final_ensemble(workdir, config, vocab_size)
         reference = None if cfg.shared_base else sft_params
         frozen = Frozen(reference=reference, reward=rm_params, ensemble=ensemble)
         return rm_graph, frozen, sft_params
@@ -179,11 +180,11 @@ def _frozen(config, mesh, rules, cfg, *, vocab_size, abstract, workdir):
     reference = None
     if not cfg.shared_base:
         reference = sft.build_state(config, mesh, rules, **built).state.params
-    rm = reward_step.build_state(config, mesh, rules, **built)
+    rm = reward_mod.build_state(config, mesh, rules, **built)
     ensemble = None
     if wants_ensemble:
         size = int(config.reward.get("ensemble_size", 0) or 0)
-        ensemble = reward_ensemble._abstract_heads(config, vocab_size, size, replicated(mesh))
+        ensemble = reward_mod._abstract_heads(config, vocab_size, size, replicated(mesh))
     return rm.graphdef, Frozen(reference=reference, reward=rm.state.params, ensemble=ensemble), None
 
 

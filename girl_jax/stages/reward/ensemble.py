@@ -20,8 +20,9 @@ from girl_jax.errors import CheckpointError, ConfigError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.rl import ensemble as ens_mod
-from girl_jax.stages import reward_probe
-from girl_jax.stages.reward_step import RewardConfig, build_model_fn, load_final_params
+from girl_jax.stages.reward import probe as probe_mod
+from girl_jax.stages.reward.config import RewardConfig
+from girl_jax.stages.reward.state import build_model_fn, load_final_params
 from girl_jax.stages.scoring import score_dataset
 
 ENSEMBLE_DIR = "ensemble"  # under WORKDIR/reward
@@ -49,7 +50,7 @@ def _head_init_fn(model_fn):
 def _fit_ensemble(cfg, config, graphdef, params, model_fn, train, val, features, out_dir):
     """Fits the K member heads on the frozen trunk's features and saves them (atomically)."""
     if features is None:
-        features = reward_probe.cached_features(cfg, graphdef, params, train, val)
+        features = probe_mod.cached_features(cfg, graphdef, params, train, val)
     head_graphdef = nnx.split(nnx.merge(graphdef, params).reward_head)[0]
     seeds = ensemble_seeds(config.seed, cfg.ensemble_size)
     bar = metrics_mod.Progress(cfg.ensemble_size, "reward ensemble")
@@ -58,7 +59,7 @@ def _fit_ensemble(cfg, config, graphdef, params, model_fn, train, val, features,
         info = f"member {k} (seed {m['seed']}): val auc {m['probe_val_auc']:.3f}, "
         bar.update(k + 1, info + f"{m['epochs']} epochs")
 
-    stacked, members = reward_probe.fit_ensemble(
+    stacked, members = probe_mod.fit_ensemble(
         cfg,
         head_graphdef,
         _head_init_fn(model_fn),  # fit_head replicates each: the main probe's step, reused

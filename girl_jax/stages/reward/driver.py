@@ -1,23 +1,11 @@
-"""Stage 2, the reward model: decoder trunk + scalar head scoring (CV, JD) at the last token.
+"""Stage 2, the reward model: the driver.
 
-Initialised from the final SFT checkpoint. Objective `pointwise` (BCE on recruiter labels) or
-`pairwise` (Bradley-Terry on an accepted and a rejected JD of the same seeker). Writes
-WORKDIR/reward/{checkpoints, metrics.jsonl, tensorboard, eval.json, final.json}.
-
-With `reward.ensemble_size` K >= 2 (frozen trunk only: `reward.steps` 0) the stage also fits K
-more reward heads on the probe's cached trunk features (Coste et al. 2023, "Reward Model
-Ensembles Help Mitigate Overoptimization"): member k from seed `config.seed + 1000 + k` and,
-with `reward.ensemble_bootstrap`, a bootstrap resample of the training rows, early-stopped on
-validation AUC. Their params, stacked on a leading K axis, go to WORKDIR/reward/ensemble/heads
-(Orbax) with WORKDIR/reward/ensemble/final.json written last; eval.json gets "ensemble". PPO
-reads them with `load_final_ensemble` and scores with `ensemble_scores` (one trunk pass, the
-heads vmapped), aggregating with `girl_jax.rl.ensemble.aggregate`. The main reward model is
-the same with or without an ensemble.
-
-This module is the driver (`train_and_evaluate`); the config, losses, step, builders (the
-model's and `build_state`, the train state's) and loader are in `reward_step`, the training
-arrays in `reward_data`, the probe in `reward_probe`, the ensemble in `reward_ensemble`,
-batched scoring in `scoring`. Their names import from here too.
+`train_and_evaluate` builds the state (`state.build_state`), puts the final SFT model's trunk in
+with a fresh head, fits that head on the frozen trunk's cached features (`probe`), fine-tunes
+everything with the jitted `step.train_step` (`reward.steps` > 0), fits an ensemble's heads
+(`ensemble`), then evaluates: validation, the held-out seekers, test, how the RM tracks the
+market oracle on sampled SFT JDs (`_oracle_tracking`) and the ensemble. Reads WORKDIR/sft,
+writes WORKDIR/reward/{checkpoints, metrics.jsonl, tensorboard, eval.json, final.json}.
 """
 
 from __future__ import annotations
@@ -41,62 +29,15 @@ from girl_jax.models.heads import transplant_trunk
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, reward_probe, sft
+from girl_jax.stages import common, sft
 from girl_jax.stages.generator import Generator
-from girl_jax.stages.reward_data import pairwise_arrays, pointwise_arrays
-from girl_jax.stages.reward_ensemble import (
-    ENSEMBLE_DIR,
-    ENSEMBLE_EVAL_LAM,
-    _abstract_heads,
-    _ensemble_report,
-    _fit_ensemble,
-    ensemble_member_params,
-    ensemble_scores,
-    ensemble_seeds,
-    load_final_ensemble,
-    save_ensemble,
-)
-from girl_jax.stages.reward_step import (
-    LOSSES,
-    RewardConfig,
-    build_model_fn,
-    build_state,
-    load_final_params,
-    make_tx,
-    pairwise_loss,
-    pointwise_loss,
-    scores,
-    train_step,
-)
-from girl_jax.stages.scoring import score_dataset, trimmed_width
-
-# The stage's names, importable from here as before they moved to reward_step (config, losses,
-# step, builders, loader), reward_data, reward_ensemble and scoring (_abstract_heads included).
-__all__ = [
-    "ENSEMBLE_DIR",
-    "ENSEMBLE_EVAL_LAM",
-    "LOSSES",
-    "RewardConfig",
-    "_abstract_heads",
-    "build_model_fn",
-    "build_state",
-    "ensemble_member_params",
-    "ensemble_scores",
-    "ensemble_seeds",
-    "load_final_ensemble",
-    "load_final_params",
-    "make_tx",
-    "pairwise_arrays",
-    "pairwise_loss",
-    "pointwise_arrays",
-    "pointwise_loss",
-    "save_ensemble",
-    "score_dataset",
-    "scores",
-    "train_and_evaluate",
-    "train_step",
-    "trimmed_width",
-]
+from girl_jax.stages.reward import probe as probe_mod
+from girl_jax.stages.reward.config import RewardConfig
+from girl_jax.stages.reward.data import pairwise_arrays, pointwise_arrays
+from girl_jax.stages.reward.ensemble import ENSEMBLE_DIR, _ensemble_report, _fit_ensemble
+from girl_jax.stages.reward.state import build_model_fn, build_state
+from girl_jax.stages.reward.step import scores, train_step
+from girl_jax.stages.scoring import score_dataset
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -148,8 +89,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         params = transplant_trunk(sft_params, state.params)
         if cfg.probe_epochs:
             if cfg.ensemble_size:
-                features = reward_probe.cached_features(cfg, graphdef, params, train, val)
-            params, probe_history = reward_probe.probe(
+                features = probe_mod.cached_features(cfg, graphdef, params, train, val)
+            params, probe_history = probe_mod.probe(
                 cfg, graphdef, params, train, val, config.seed, features, mesh=mesh, rules=rules
             )
         state = state.replace(params=common.fresh_copy(params, shardings.params))
