@@ -150,6 +150,9 @@ def get_config(arg=None):
         # Written to WORKDIR/reward/ensemble; see girl_jax/stages/reward/ensemble.py.
         ensemble_size=0,
         ensemble_bootstrap=True,
+        # A held-out judge: one more head fitted on the validation labels alone (never the
+        # proxy's training labels), for PPO's checkpoint choice (ppo.select=judge; docs/rl.md).
+        holdout_judge=False,
     )
     c.ppo = dict(
         # GRPO, 8 samples per CV at temperature 0.7, against the RM trained with synthetic
@@ -210,6 +213,9 @@ def get_config(arg=None):
         # LoRA actor: train only the adapters, reference = actor with adapters off (one decoder
         # copy, docs/scale.md). None: on when model.lora_rank > 0; False: train every Param.
         shared_base=None,
+        # The final model: last (the last iteration) | judge (the evaluated step whose greedy
+        # validation JDs the held-out judge rates best: needs reward.holdout_judge).
+        select="last",
     )
     # Optional Weights & Biases mirror of every stage's metrics (needs `pip install wandb`).
     c.wandb = dict(enabled=False, project="girl_jax", entity="", mode="", group="")

@@ -74,6 +74,10 @@ class PPOConfig:
     # LoRA actor: train the adapters alone on the frozen base, the reference = the actor with
     # its adapters off (no second decoder). None: on when model.lora_rank > 0 (`state.shared_base`).
     shared_base: bool | None = None
+    # Which evaluated checkpoint is the stage's final model: last (the last iteration) | judge
+    # (the one whose greedy validation JDs the held-out judge scores highest, reward.holdout_judge;
+    # early stopping on labels the proxy never trained on, never the oracle)
+    select: str = "last"
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -122,6 +126,11 @@ class PPOConfig:
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:
             raise ConfigError("config.ppo.temperature must be > 0")
+        if self.select not in ("last", "judge"):
+            raise ConfigError(
+                "config.ppo.select must be last or judge (with reward.holdout_judge), "
+                f"got {self.select!r}"
+            )
         if self.shared_base not in (None, True, False):
             raise ConfigError("config.ppo.shared_base must be True, False or None (auto)")
 

@@ -30,6 +30,7 @@ from girl_jax.stages.ppo import evaluation, rewards
 from girl_jax.stages.ppo.config import PPOConfig
 from girl_jax.stages.ppo.state import PPOBuilt, actor_model_fn, build_roles
 from girl_jax.stages.ppo.step import reference_params, sample_step, train_step, update_step
+from girl_jax.stages.reward.judge import judge_scorer, load_final_judge
 from girl_jax.stages.scoring import sequence_scores
 
 
@@ -118,9 +119,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     per_iter = cfg.batch_size // cfg.group_size
     it = pipeline.make_iterator(prompts, batch_size=per_iter, seed=config.seed + 2)
 
-    evaluate = evaluation.make_evaluator(config, cfg, data, graphs, frozen, score_fn)
+    judge_fn, keep = None, cfg.keep
+    if cfg.select == "judge":  # every evaluated step is kept: the judge picks one at the end
+        _, _, heads = load_final_judge(workdir, config, tok.vocab_size)
+        judge_fn = jax.jit(judge_scorer(graphs.reward, heads))
+        keep = max(keep, cfg.iterations // cfg.eval_every + 2)
+    evaluate = evaluation.make_evaluator(config, cfg, data, graphs, frozen, score_fn, judge_fn)
 
-    ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)
+    ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=keep)
     start = ckpt.latest_step() or 0
     start_eval_path = os.path.join(out_dir, "eval_start.json")
     if start:
@@ -176,13 +182,14 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                 texts = batches.decode_responses(tok, *jax.device_get((tokens, resp_mask)))
             m["rollout_true_match_rate"] = float(np.mean(data.market.true_match(sids, texts)))
         m["skipped_iterations"] = skipped
-        if done % cfg.eval_every == 0 or done == cfg.iterations:
+        evaluated = done % cfg.eval_every == 0 or done == cfg.iterations
+        if evaluated:
             last_eval, texts = evaluate(state.actor.params)
             m.update(last_eval)
             writer.text(done, "samples", texts[0] if texts else "")
         writer.write(done, m)
         bar.update(done, f"reward {m.get('reward', np.nan):.3f} kl {m.get('kl', np.nan):.2f}")
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or (evaluated and judge_fn):
             ckpt.save(done, state, {"data_iterator": it.get_state()})
         preemption.check(
             "ppo", done, lambda d=done, s=state: ckpt.save(d, s, {"data_iterator": it.get_state()})
@@ -190,12 +197,13 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     bar.close()
     if start >= cfg.iterations:  # killed after the last checkpoint, before final.json
         last_eval, _ = evaluate(state.actor.params)  # greedy: the same numbers as before
-    result = evaluation.result(cfg, out_dir, start_eval, last_eval)
+    final_step, selected = evaluation.select_step(out_dir, cfg.iterations, cfg.select)
+    result = evaluation.result(cfg, out_dir, start_eval, selected or last_eval, final_step)
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(os.path.join(out_dir, "eval.json"), result)
 
         report.plot_ppo(out_dir)
-    ckpt.mark_final(cfg.iterations)
+    ckpt.mark_final(final_step)
     ckpt.close()
     writer.close()
     return result

@@ -37,6 +37,9 @@ class RewardConfig:
     match_features: bool = False
     ensemble_size: int = 0  # 0: no ensemble; K >= 2: K more heads on the frozen trunk
     ensemble_bootstrap: bool = True  # each member on a bootstrap resample of the train rows
+    # a held-out judge head fitted on the validation labels alone (reward/judge.py), for
+    # PPO's checkpoint selection (ppo.select=judge); needs the frozen trunk (steps 0)
+    holdout_judge: bool = False
     # > 0: add this many synthetic hard negatives per training positive (the accepted JD with one
     # field made wrong for the seeker: city, pay, years, degree or skills; data/negatives.py)
     synthetic_negatives: float = 0.0
@@ -93,6 +96,17 @@ class RewardConfig:
             raise ConfigError(
                 f"config.reward.ensemble_size={self.ensemble_size} needs a frozen trunk "
                 f"(config.reward.steps=0, got {self.steps}): members are heads on its features"
+            )
+
+        if self.holdout_judge and (self.steps or not self.probe_epochs):
+            raise ConfigError(
+                "config.reward.holdout_judge needs a frozen trunk and its probe "
+                f"(config.reward.steps=0, probe_epochs>0; got {self.steps}, {self.probe_epochs})"
+            )
+        if self.holdout_judge and self.objective != "pointwise":
+            raise ConfigError(
+                "config.reward.holdout_judge needs config.reward.objective=pointwise (it is "
+                "early-stopped on the training rows' labels)"
             )
 
     @classmethod

@@ -35,6 +35,7 @@ from girl_jax.stages.reward import probe as probe_mod
 from girl_jax.stages.reward.config import RewardConfig
 from girl_jax.stages.reward.data import pairwise_arrays, pointwise_arrays
 from girl_jax.stages.reward.ensemble import ENSEMBLE_DIR, _ensemble_report, _fit_ensemble
+from girl_jax.stages.reward.judge import JUDGE_DIR, fit_judge, judge_report, judge_scorer
 from girl_jax.stages.reward.state import build_model_fn, build_state
 from girl_jax.stages.reward.step import scores, train_step
 from girl_jax.stages.scoring import score_dataset
@@ -88,7 +89,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         # params still used for evaluation.
         params = transplant_trunk(sft_params, state.params)
         if cfg.probe_epochs:
-            if cfg.ensemble_size:
+            if cfg.ensemble_size or cfg.holdout_judge:
                 features = probe_mod.cached_features(cfg, graphdef, params, train, val)
             params, probe_history = probe_mod.probe(
                 cfg, graphdef, params, train, val, config.seed, features, mesh=mesh, rules=rules
@@ -150,15 +151,20 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     bar.close()
     if cfg.steps == 0:  # probe only: the probed head is the final reward model
         ckpt.save(0, state, {"data_iterator": it.get_state()})
-    stacked = members = None
-    if cfg.ensemble_size:  # refitted on a resume too: the probe above reran (steps 0)
+    stacked = members = judge = None
+    if cfg.ensemble_size or cfg.holdout_judge:  # after a resume the probe reran (steps 0)
+        if features is None:
+            features = probe_mod.cached_features(cfg, graphdef, state.params, train, val)
+    if cfg.ensemble_size:
         stacked, members = _fit_ensemble(
             cfg, config, graphdef, state.params, model_fn, train, val, features, out_dir
         )
-        features = None
-    elif jax.process_index() == 0:  # no ensemble now: one left by an earlier run is stale
-        stale = os.path.join(out_dir, ENSEMBLE_DIR, "final.json")
-        if os.path.exists(stale):
+    if cfg.holdout_judge:
+        judge = fit_judge(cfg, config, graphdef, state.params, model_fn, features, out_dir)
+    features = None
+    for kept, name in ((cfg.ensemble_size, ENSEMBLE_DIR), (cfg.holdout_judge, JUDGE_DIR)):
+        stale = os.path.join(out_dir, name, "final.json")  # left by an earlier run
+        if not kept and jax.process_index() == 0 and os.path.exists(stale):
             os.remove(stale)
     # Evaluation: validation (unless just done), the held-out seekers never seen in training,
     # test, how the RM tracks the oracle on generated JDs, the ensemble; one bar over the parts.
@@ -171,6 +177,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             ("test", _labelled(test)),
             ("oracle", data.market is not None),
             ("ensemble", stacked is not None),
+            ("judge", judge is not None),
         ]
         if runs
     ]
@@ -192,6 +199,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         s = score_dataset(score_fn, state.params, arrs, cfg.batch_size)
         result["test"] = metrics_mod.binary_report(arrs["label"], s)
         tick("test")
+    judge_fn = None if judge is None else jax.jit(judge_scorer(graphdef, judge[0]))
     if data.market is not None:
         result.update(
             _oracle_tracking(
@@ -200,7 +208,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
                 sft_graphdef,
                 sft_params,
                 state.params,
-                score_fn,
+                {"": score_fn, **({"judge_": judge_fn} if judge_fn else {})},
                 tok,
                 max_len,
                 cfg.batch_size,
@@ -215,6 +223,18 @@ def _train_and_evaluate(config, workdir: str) -> dict:
             cfg, config, graphdef, state.params, stacked, members, splits
         )
         tick("ensemble")
+    if judge is not None:
+        splits = {"validation": val}  # its training rows: the AUC it was fitted to
+        if _labelled(test):
+            splits["test"] = pointwise_arrays(tok, test, max_len)
+        result["judge"] = judge_report(
+            graphdef, state.params, judge[0], splits, cfg.batch_size, judge[1]
+        )
+        if "judge_oracle_spearman_generated" in result:
+            result["judge"]["oracle_spearman_generated"] = result.pop(
+                "judge_oracle_spearman_generated"
+            )
+        tick("judge")
     eval_bar.close()
     result["step"] = cfg.steps
     if jax.process_index() == 0:
@@ -231,9 +251,10 @@ def _labelled(split) -> bool:
 
 
 def _oracle_tracking(
-    config, data, sft_graphdef, sft_params, rm_params, score_fn, tok, max_len, batch_size
+    config, data, sft_graphdef, sft_params, rm_params, score_fns, tok, max_len, batch_size
 ):
-    """Spearman correlation between RM score and oracle true match on sampled SFT JDs."""
+    """Spearman correlation between RM score and oracle true match on sampled SFT JDs:
+    `{prefix}oracle_spearman_generated` for each `prefix: score_fn` in score_fns."""
     seekers = data.seekers("validation").iloc[: max(config.sft.num_eval_samples, 32)]
     gen = Generator(
         sft_graphdef,
@@ -249,7 +270,12 @@ def _oracle_tracking(
     arrs = pointwise_arrays(
         tok, __import__("pandas").DataFrame({"cv": seekers["cv"], "jd": texts, "label": 0}), max_len
     )
-    s = score_dataset(score_fn, rm_params, arrs, batch_size)
     true = data.market.true_match(seekers["seeker_id"].to_numpy(), texts)
-    rho = spearmanr(s, true).statistic if np.std(true) > 0 and np.std(s) > 0 else float("nan")
-    return {"oracle_spearman_generated": float(rho)}
+    out = {}
+    for prefix, score_fn in score_fns.items():
+        s = score_dataset(score_fn, rm_params, arrs, batch_size)
+        ok = np.std(true) > 0 and np.std(s) > 0
+        out[f"{prefix}oracle_spearman_generated"] = (
+            float(spearmanr(s, true).statistic) if ok else float("nan")
+        )
+    return out

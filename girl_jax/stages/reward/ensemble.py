@@ -170,7 +170,6 @@ def load_final_ensemble(workdir: str, config, vocab_size: int):
     cfg = RewardConfig.from_config(config.reward)
     if not cfg.ensemble_size:
         raise ConfigError("a reward-model ensemble needs config.reward.ensemble_size >= 2")
-    graphdef, params = load_final_params(workdir, config, vocab_size)
     ens_dir = os.path.join(workdir, "reward", ENSEMBLE_DIR)
     info = ckpt_mod.read_final(ens_dir, "reward", needed_by="the reward-model ensemble")
     if info["size"] != cfg.ensemble_size:
@@ -178,8 +177,15 @@ def load_final_ensemble(workdir: str, config, vocab_size: int):
             f"{ens_dir} holds {info['size']} reward heads but config.reward.ensemble_size is "
             f"{cfg.ensemble_size}: set it to {info['size']} or rerun the reward stage"
         )
+    return load_heads(workdir, config, vocab_size, ens_dir, info["size"])
+
+
+def load_heads(workdir: str, config, vocab_size: int, ens_dir: str, size: int):
+    """(graphdef, params, stacked) : the final reward model and `size` stacked heads saved in
+    `ens_dir` by `save_ensemble`, replicated on the config's mesh."""
+    graphdef, params = load_final_params(workdir, config, vocab_size)
     mesh = mesh_mod.make_mesh(config.mesh)
-    abstract = _abstract_heads(config, vocab_size, info["size"], rules_mod.replicated(mesh))
+    abstract = _abstract_heads(config, vocab_size, size, rules_mod.replicated(mesh))
     ckptr = ocp.StandardCheckpointer()
     try:
         stacked = ckptr.restore(os.path.abspath(os.path.join(ens_dir, "heads")), abstract)
