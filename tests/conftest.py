@@ -36,13 +36,13 @@ def pytest_configure(config):
 # those with `slow` tests, then the others, most tests first. Seconds: one process on a loaded
 # 2-core machine, the compilation cache starting empty.
 LONG_FIRST = (
-    "tests/stages/test_stages_sharded.py",  # 260 s
+    "tests/test_scale_configs.py",  # three :smoke girl runs (gpt2_xl, llama2_7b, llama2_70b), 300 s
     "tests/reliability/test_rel_kill_resume.py",  # makes the tiny run (120-160 s), then 90 s
-    "tests/stages/test_stages_ppo.py",  # 195 s
-    "tests/test_scale_configs.py",  # two :smoke girl runs, 130-180 s cold
-    "tests/stages/test_ppo_rewards.py",  # 140 s
+    "tests/stages/test_stages_sharded.py",  # 150 s
+    "tests/stages/test_stages_ppo.py",  # 110 s
     "tests/test_observability.py",  # 140 s
-    "tests/stages/test_stages_reward.py",  # 140 s
+    "tests/stages/test_ppo_rewards.py",  # 90 s
+    "tests/stages/test_stages_reward.py",  # 120 s
     "tests/test_notebook.py",  # 120 s
     "tests/reliability/test_rel_numerics.py",  # 50 s
     "tests/test_sweep.py",  # 105 s, + the --vmap sweep of the same cells

@@ -104,6 +104,17 @@ def test_traced_settings_compile_to_one_program():
 ITERS = 2
 
 
+def _committed(tree, mesh):
+    """`tree` committed to its shardings (replicated over `mesh` where it has none), and those
+    shardings: a step jitted with them as out_shardings compiles once, not again for the
+    shardings XLA would pick for the updated state (as the driver's steps)."""
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sh = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep, tree
+    )
+    return jax.device_put(tree, sh), sh
+
+
 @pytest.mark.slow
 def test_vmapped_cells_follow_their_solo_trajectories():
     batch = _batch()
@@ -111,16 +122,18 @@ def test_vmapped_cells_follow_their_solo_trajectories():
     frozen, fn = cells[0][1], cells[0][2]  # cell 0's static step serves both: settings traced
     keys = [jax.random.key(7), jax.random.key(11)]
     solo = []
+    mesh = cells[0][0].actor.params["embed"]["embedding"].value.sharding.mesh
     for (st, fz, fn_i), key in zip(cells, keys):
-        step = jax.jit(fn_i)
+        st, sh = _committed(st, mesh)
+        step = jax.jit(fn_i, out_shardings=(sh, None, None))
         history = []
         for it in range(ITERS):
             st, m, _ = step(st, fz, batch, jax.random.fold_in(key, it))
             history.append({k: float(v) for k, v in m.items()})
         solo.append((st, history))
 
-    stacked = sweep_vmap.stack([c[0] for c in cells])
-    vstep = jax.jit(jax.vmap(fn, in_axes=(0, None, 0, 0)))
+    stacked, vsh = _committed(sweep_vmap.stack([c[0] for c in cells]), mesh)
+    vstep = jax.jit(jax.vmap(fn, in_axes=(0, None, 0, 0)), out_shardings=(vsh, None, None))
     vbatch = jax.tree.map(lambda x: np.stack([x, x]), batch)
     for it in range(ITERS):
         rng = jnp.stack([jax.random.fold_in(k, it) for k in keys])

@@ -144,7 +144,7 @@ def test_oracle_term_calls_the_market():
     np.testing.assert_allclose(total, [0.2, 0.4])
 
 
-def _split_fns(cfg, graphs, atx, ctx, controller):
+def _split_fns(cfg, graphs, atx, ctx, controller, shardings):
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
     sample = jax.jit(functools.partial(ppo.step.sample_step, graphs=graphs, scfg=scfg))
     update = jax.jit(
@@ -156,6 +156,7 @@ def _split_fns(cfg, graphs, atx, ctx, controller):
             critic_tx=ctx,
             controller=controller,
         ),
+        out_shardings=(shardings, None),  # the state keeps its shardings: one compilation
         donate_argnums=(0,),
     )
     return sample, update
@@ -175,13 +176,14 @@ def test_split_iteration_equals_fused_step(advantage, group):
     copy = lambda t: jax.tree.map(lambda x: np.array(x), t)  # donation deletes inputs
     host_cfg, *_ = _setup(advantage=advantage, group_size=group, reward="python:m:f")
     init = copy(st0)
+    shardings = jax.tree.map(lambda x: x.sharding, st0)
     fused, m_fused = st0, []
     for i in range(3):
         fused, m, _ = step(fused, frozen, batch, jax.random.key(i))
         m_fused.append(jax.device_get(m))
     for run_cfg in (cfg, host_cfg):
-        sample, update = _split_fns(run_cfg, graphs, atx, ctx, controller)
-        split = jax.tree.map(jax.numpy.asarray, init)
+        sample, update = _split_fns(run_cfg, graphs, atx, ctx, controller, shardings)
+        split = jax.device_put(init, shardings)
         for i in range(3):
             out = sample(split, batch, jax.random.key(i))
             if run_cfg is cfg:

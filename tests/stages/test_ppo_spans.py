@@ -126,13 +126,16 @@ def test_oracle_credit_scores_each_required_skill_where_it_is_written():
         ppo.rewards.HostRewards(ppo.rewards.parse("oracle_credit"), market=None)
 
 
-def _update(cfg, graphs):
+def _update(cfg, graphs, shardings=None):
     from girl_jax.rl import kl as kl_mod
 
     atx = common.make_optimizer(cfg.learning_rate, 100, grad_clip=1.0, cosine=False)
     ctx = common.make_optimizer(cfg.critic_learning_rate, 100, grad_clip=1.0, cosine=False)
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
     sample = jax.jit(functools.partial(ppo.step.sample_step, graphs=graphs, scfg=scfg))
+    # the updated state keeps the state's shardings: one compilation of the update and of the
+    # sampler that reads it, not a second one for the shardings XLA would pick
+    keep = {} if shardings is None else {"out_shardings": (shardings, None)}
     update = jax.jit(
         functools.partial(
             ppo.step.update_step,
@@ -141,7 +144,8 @@ def _update(cfg, graphs):
             actor_tx=atx,
             critic_tx=ctx,
             controller=kl_mod.make_kl_controller("fixed", cfg.kl_coef),
-        )
+        ),
+        **keep,
     )
     return sample, update
 
@@ -172,7 +176,7 @@ def test_zero_spans_change_nothing_and_grpo_process_uses_them():
 def test_grpo_process_learns_from_token_credit():
     """+1 at every TARGET token, -1 at every other: the sampled TARGET share rises."""
     cfg, st, frozen, _, batch, graphs = _setup(advantage="grpo_process", group_size=4, kl_coef=0.0)
-    sample, update = _update(cfg, graphs)
+    sample, update = _update(cfg, graphs, jax.tree.map(lambda x: x.sharding, st))
     share = []
     for i in range(12):
         out = sample(st, batch, jax.random.key(i))

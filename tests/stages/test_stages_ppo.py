@@ -79,6 +79,13 @@ def _setup(**overrides):
     )
     frozen = ppo.state.Frozen(reference=ref, reward=rparams)
     graphs = ppo.state.Graphs(actor=ag, critic=cg, reward=rg)
+    # The state keeps its shardings and is committed (as the driver's step is jitted): one
+    # compilation, not a second one for the P() specs XLA gives the updated state.
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep, st
+    )
+    st = jax.device_put(st, shardings)
     step = jax.jit(
         functools.partial(
             ppo.step.train_step,
@@ -88,7 +95,8 @@ def _setup(**overrides):
             actor_tx=atx,
             critic_tx=ctx,
             controller=controller,
-        )
+        ),
+        out_shardings=(shardings, None, None),
     )
     rng = np.random.default_rng(0)
     ids = rng.integers(2, 16, (cfg.batch_size, 6)).astype(np.int32)

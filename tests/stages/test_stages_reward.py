@@ -43,7 +43,7 @@ def _train(objective, steps=60, head=None):
         model_fn = lambda r: ScoreModel(CFG, rngs=r)  # noqa: E731
     else:
         model_fn = lambda r: RewardModel(CFG, rngs=r, head=head, head_hidden=32)  # noqa: E731
-    g, st, _ = state_mod.create_train_state(model_fn, tx, mesh, None)
+    g, st, sh = state_mod.create_train_state(model_fn, tx, mesh, None)
     ids, mask, label = _data()
     if objective == "pointwise":
         batch = {"input_ids": ids, "attention_mask": mask, "response_mask": mask, "label": label}
@@ -58,7 +58,11 @@ def _train(objective, steps=60, head=None):
             "rejected_mask": mask[neg][:k],
             "rejected_response_mask": mask[neg][:k],
         }
-    step = jax.jit(functools.partial(reward.train_step, graphdef=g, tx=tx, cfg=cfg))
+    # out_shardings: the state keeps its shardings, one compilation (not a second one for the
+    # shardings XLA would pick for the updated state)
+    step = jax.jit(
+        functools.partial(reward.train_step, graphdef=g, tx=tx, cfg=cfg), out_shardings=(sh, None)
+    )
     losses = []
     for _ in range(steps):
         st, m = step(st, batch, None)

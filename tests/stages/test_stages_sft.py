@@ -26,11 +26,11 @@ def _batch(rng, B=4, L=16):
     return {"input_ids": ids, "attention_mask": attn, "target_mask": target}
 
 
-def _state(tx=None):
+def _state(tx=None, shardings=False):
     mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     tx = tx or optax.adam(1e-2)
-    g, st, _ = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), tx, mesh, None)
-    return g, st, tx
+    g, st, sh = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), tx, mesh, None)
+    return (g, st, tx, sh) if shardings else (g, st, tx)
 
 
 def test_loss_counts_only_target_tokens_against_numpy():
@@ -94,9 +94,10 @@ def test_nonfinite_update_is_refused():
 
 
 def test_training_lowers_loss():
-    g, st, tx = _state(optax.adam(3e-3))
+    g, st, tx, sh = _state(optax.adam(3e-3), shardings=True)
     b = _batch(np.random.default_rng(4), B=8)
-    step = jax.jit(functools.partial(sft.train_step, graphdef=g, tx=tx))
+    # out_shardings: the state keeps its shardings, one compilation
+    step = jax.jit(functools.partial(sft.train_step, graphdef=g, tx=tx), out_shardings=(sh, None))
     first = None
     for _ in range(30):
         st, m = step(st, b, None)

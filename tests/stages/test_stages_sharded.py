@@ -121,6 +121,13 @@ def _run_ppo(shape):
         actor=actor, critic=critic, kl=controller.init(), iteration=jnp.zeros((), jnp.int32)
     )
     graphs = ppo.state.Graphs(actor=ag, critic=cg, reward=cg)
+    # The state keeps its shardings and is committed, as in the driver: one compilation, not a
+    # second one for the shardings XLA would pick for the updated state.
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep, st
+    )
+    st = jax.device_put(st, shardings)
     step = jax.jit(
         functools.partial(
             ppo.step.train_step,
@@ -130,7 +137,8 @@ def _run_ppo(shape):
             actor_tx=atx,
             critic_tx=ctx,
             controller=controller,
-        )
+        ),
+        out_shardings=(shardings, None, None),
     )
     losses = []
     with rules_mod.activate(mesh, RULES):
