@@ -89,6 +89,11 @@ def run_group(cells, console=None) -> float:
     config = cells[0].config
     if jax.process_count() > 1:
         raise ConfigError("girl sweep --vmap runs on one process; drop --vmap on multi-host")
+    if config.ppo.get("select", "last") != "last":
+        raise ConfigError(
+            "girl sweep --vmap: ppo.select=judge keeps every evaluated step of every cell; "
+            "drop --vmap (each cell then chooses its own step) or use ppo.select=last"
+        )
     todo = [c for c in cells if not ckpt_mod.is_final(c.ppo_dir)]
     if not todo:
         return 0.0

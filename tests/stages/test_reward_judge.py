@@ -183,3 +183,11 @@ def test_select_judge_without_a_judge_says_what_to_run(base_workdir, tmp_path):
     config = _config(False, select="judge")
     with pytest.raises(CheckpointError, match="reward.holdout_judge"):
         ppo.train_and_evaluate(config, workdir)
+
+
+def test_sweep_vmap_refuses_select_judge():
+    from girl_jax import sweep_vmap
+
+    cell = type("Cell", (), {"config": _config(True, select="judge"), "ppo_dir": "/nonexistent"})
+    with pytest.raises(ConfigError, match="--vmap: ppo.select=judge"):
+        sweep_vmap.run_group([cell])
