@@ -16,6 +16,11 @@ reads them with `load_final_ensemble` and scores with `ensemble_scores` (one tru
 heads vmapped), aggregating with `girl_jax.rl.ensemble.aggregate`. The main reward model is
 the same with or without an ensemble.
 
+With `reward.holdout_judge` the stage also fits a held-out judge (`judge`): one more head on the
+same cached features, fitted on the validation split's labels alone (early-stopped on the
+training rows), saved under WORKDIR/reward/judge; PPO's `ppo.select=judge` keeps the evaluated
+step it rates best (`load_final_judge`, `judge_scorer`).
+
 The stage's four parts, and where each lives:
 
 - Config: `config.RewardConfig` (config.reward, checked when built).
@@ -43,6 +48,7 @@ from girl_jax.stages.reward.ensemble import (
     load_final_ensemble,
     save_ensemble,
 )
+from girl_jax.stages.reward.judge import JUDGE_DIR, judge_scorer, load_final_judge
 from girl_jax.stages.reward.state import (
     build_model_fn,
     build_state,
@@ -56,6 +62,7 @@ from girl_jax.stages.scoring import score_dataset, trimmed_width
 __all__ = [
     "ENSEMBLE_DIR",
     "ENSEMBLE_EVAL_LAM",
+    "JUDGE_DIR",
     "LOSSES",
     "RewardConfig",
     "_abstract_heads",
@@ -64,7 +71,9 @@ __all__ = [
     "ensemble_member_params",
     "ensemble_scores",
     "ensemble_seeds",
+    "judge_scorer",
     "load_final_ensemble",
+    "load_final_judge",
     "load_final_params",
     "make_tx",
     "pairwise_arrays",
