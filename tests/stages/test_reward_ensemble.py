@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from stage_workdirs import untrained_sft_workdir  # tests/stages/stage_workdirs.py
 
 from girl_jax.configuration import load_config
 from girl_jax.errors import ConfigError
@@ -30,35 +31,9 @@ def _config(ensemble_size=0):
 
 @pytest.fixture(scope="module")
 def base_workdir(tmp_path_factory):
-    """Prepared data and a final (untrained: the trunk's quality does not matter) SFT model."""
-    from girl_jax import checkpoint as ckpt_mod
-    from girl_jax.data import prepare
-    from girl_jax.parallel import mesh as mesh_mod
-    from girl_jax.parallel import rules as rules_mod
-    from girl_jax.parallel import state as state_mod
-    from girl_jax.stages import common, sft
-
-    config = _config()
+    """Prepared data and a final (untrained: its quality does not matter here) SFT model."""
     workdir = str(tmp_path_factory.mktemp("ens") / "base")
-    prepare.prepare(config, workdir)
-    vocab = prepare.load(workdir).tokenizer.vocab_size
-    _, model_fn = sft.build_model_fn(config, vocab, config.seed)
-    s = config.sft
-    tx = common.make_optimizer(  # as sft.load_final_params builds it
-        s.learning_rate,
-        s.steps,
-        warmup_steps=s.warmup_steps,
-        weight_decay=s.weight_decay,
-        grad_clip=s.grad_clip,
-    )
-    mesh = mesh_mod.make_mesh(config.mesh)
-    rules = rules_mod.normalize_rules(config.logical_axis_rules)
-    _, state, _ = state_mod.create_train_state(model_fn, tx, mesh, rules, seed=config.seed)
-    ckpt = ckpt_mod.StageCheckpointer(common.stage_dir(workdir, "sft"))
-    ckpt.save(0, state, {})
-    ckpt.mark_final(0)
-    ckpt.close()
-    return workdir, vocab
+    return workdir, untrained_sft_workdir(_config(), workdir)
 
 
 def _run(base, tmp_path, name, ensemble_size):

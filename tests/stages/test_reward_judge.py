@@ -9,6 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from stage_workdirs import untrained_sft_workdir  # tests/stages/stage_workdirs.py
 
 from girl_jax import checkpoint as ckpt_mod
 from girl_jax import metrics
@@ -17,8 +18,7 @@ from girl_jax.data import prepare
 from girl_jax.errors import CheckpointError, ConfigError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
-from girl_jax.parallel import state as state_mod
-from girl_jax.stages import common, ppo, reward, sft
+from girl_jax.stages import ppo, reward
 from girl_jax.stages.ppo import evaluation
 from girl_jax.stages.reward import judge as judge_mod
 
@@ -39,27 +39,8 @@ def _config(holdout_judge=True, **ppo_kw):
 @pytest.fixture(scope="module")
 def base_workdir(tmp_path_factory):
     """Prepared data and a final (untrained: its quality does not matter here) SFT model."""
-    config = _config()
     workdir = str(tmp_path_factory.mktemp("judge") / "base")
-    prepare.prepare(config, workdir)
-    vocab = prepare.load(workdir).tokenizer.vocab_size
-    _, model_fn = sft.build_model_fn(config, vocab, config.seed)
-    s = config.sft
-    tx = common.make_optimizer(
-        s.learning_rate,
-        s.steps,
-        warmup_steps=s.warmup_steps,
-        weight_decay=s.weight_decay,
-        grad_clip=s.grad_clip,
-    )
-    mesh = mesh_mod.make_mesh(config.mesh)
-    rules = rules_mod.normalize_rules(config.logical_axis_rules)
-    _, state, _ = state_mod.create_train_state(model_fn, tx, mesh, rules, seed=config.seed)
-    ckpt = ckpt_mod.StageCheckpointer(common.stage_dir(workdir, "sft"))
-    ckpt.save(0, state, {})
-    ckpt.mark_final(0)
-    ckpt.close()
-    return workdir, vocab
+    return workdir, untrained_sft_workdir(_config(), workdir)
 
 
 @pytest.fixture(scope="module")

@@ -42,20 +42,15 @@ def fit_judge(cfg, config, graphdef, params, model_fn, features, out_dir):
     head_graphdef = nnx.split(nnx.merge(graphdef, params).reward_head)[0]
     seed = config.seed + JUDGE_SEED_OFFSET
     bar = metrics_mod.Progress(cfg.probe_epochs, "reward judge")
-    best, history = probe_mod.fit_head(
+    # the splits' roles swapped: fitted on validation, early-stopped on train (pointwise only,
+    # RewardConfig checks it), with the probe's own settings
+    swapped = probe_mod.Features(features.val_x, features.val_y, features.train_x, features.train_y)
+    best, history = probe_mod._fit(
+        cfg,
         head_graphdef,
         _head_init_fn(model_fn)(seed),
-        features.val_x,
-        features.val_y,
-        features.train_x,
-        features.train_y,
-        objective="pointwise",
-        epochs=cfg.probe_epochs,
-        batch_size=cfg.probe_batch_size,
-        learning_rate=cfg.probe_learning_rate,
-        weight_decay=cfg.weight_decay,
-        patience=cfg.probe_patience,
-        seed=seed,
+        swapped,
+        seed,
         on_epoch=lambda e, r: bar.update(e, f"train-split auc {r['probe_val_auc']:.3f}"),
         mesh=mesh_mod.make_mesh(config.mesh),
         rules=rules_mod.normalize_rules(config.logical_axis_rules),
