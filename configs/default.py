@@ -211,6 +211,8 @@ def get_config(arg=None):
         scale_by_std=True,  # grpo: divide by the group's std
         dynamic_sampling=False,  # DAPO: drop groups whose rewards are all equal
         algorithm="ppo",  # ppo | bon_distill (= advantage bon + policy_loss nll, docs/rl.md)
+        # old log-probs: sampler (the sampler's own, no forward) | recompute (a full forward)
+        old_logprobs="sampler",
         # LoRA actor: train only the adapters, reference = actor with adapters off (one decoder
         # copy, docs/scale.md). None: on when model.lora_rank > 0; False: train every Param.
         shared_base=None,

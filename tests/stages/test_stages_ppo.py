@@ -139,7 +139,7 @@ def test_ppo_raises_toy_reward(advantage, group, extra):
 
 
 def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
-    cfg, st, frozen, _, batch, graphs = _setup()
+    cfg, st, frozen, _, batch, graphs = _setup(old_logprobs="recompute")
     scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
     data, stats, out = ppo.step.rollout(
         st, frozen, batch, jax.random.key(0), graphs=graphs, cfg=cfg, scfg=scfg
@@ -160,6 +160,44 @@ def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
     np.testing.assert_allclose(float(stats["proxy_reward"]), expected.mean(), rtol=1e-6)
 
 
+def test_old_logprobs_from_the_sampler_equal_a_recomputed_forward():
+    """ppo.old_logprobs=sampler (default) skips the actor's forward after sampling: the rollout's
+    old log-probs, its KL and one whole iteration's update equal the recomputed path's."""
+    cfg_s, st, frozen, step_s, batch, graphs = _setup(old_logprobs="sampler")
+    cfg_r, _, _, step_r, _, _ = _setup(old_logprobs="recompute")
+    scfg = ppo.sampling_config(cfg_s, Tok(), greedy=False)
+    key = jax.random.key(3)
+    d_s, s_s, out = ppo.step.rollout(st, frozen, batch, key, graphs=graphs, cfg=cfg_s, scfg=scfg)
+    d_r, s_r, _ = ppo.step.rollout(st, frozen, batch, key, graphs=graphs, cfg=cfg_r, scfg=scfg)
+    m = np.asarray(d_s["resp_mask"])
+    assert 0 < m.sum() < m.size  # some rows stop early: the masked tail is exercised
+    np.testing.assert_array_equal(np.asarray(d_s["logp_old"]), np.asarray(out.logprobs) * m)
+    np.testing.assert_allclose(
+        np.asarray(d_s["logp_old"]) * m, np.asarray(d_r["logp_old"]) * m, atol=1e-4
+    )
+    np.testing.assert_allclose(float(s_s["kl"]), float(s_r["kl"]), atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(d_s["advantages"]) * m, np.asarray(d_r["advantages"]) * m, atol=1e-3
+    )
+    # one full iteration each way (same key: same samples), then a second from there
+    a, b = st, jax.tree.map(jnp.copy, st)
+    for i in range(2):
+        a, ma, _ = step_s(a, frozen, batch, jax.random.key(10 + i))
+        b, mb, _ = step_r(b, frozen, batch, jax.random.key(10 + i))
+        for k in ("policy_loss", "kl", "proxy_reward", "ratio_mean"):
+            np.testing.assert_allclose(float(ma[k]), float(mb[k]), rtol=1e-3, atol=1e-4)
+    # Adam turns the ~1e-6 log-prob differences into step-size ones on near-zero gradients:
+    # the two updates agree to 2% of the largest parameter move (lr 3e-3 per step)
+    moved = [
+        np.asarray(y) - np.asarray(x0)
+        for x0, y in zip(*map(jax.tree.leaves, (st.actor.params, b.actor.params)))
+    ]
+    scale = max(float(np.abs(d).max()) for d in moved)
+    assert scale > 1e-3
+    for x, y in zip(jax.tree.leaves(a.actor.params), jax.tree.leaves(b.actor.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=0.02 * scale)
+
+
 def test_config_errors_name_keys():
     from girl_jax.errors import ConfigError
 
@@ -170,5 +208,9 @@ def test_config_errors_name_keys():
     c = get_config("smoke").ppo
     c.advantage, c.group_size = "grpo", 1
     with pytest.raises(ConfigError, match="group_size"):
+        ppo.PPOConfig.from_config(c)
+    c = get_config("smoke").ppo
+    c.old_logprobs = "cached"
+    with pytest.raises(ConfigError, match="old_logprobs must be sampler or recompute"):
         ppo.PPOConfig.from_config(c)
     assert dataclasses.is_dataclass(ppo.PPOConfig)

@@ -78,6 +78,11 @@ class PPOConfig:
     # (the one whose greedy validation JDs the held-out judge scores highest, reward.holdout_judge;
     # early stopping on labels the proxy never trained on, never the oracle)
     select: str = "last"
+    # PPO's old log-probs (the ratio's denominator, the KL's first term): sampler (the log-probs
+    # the sampler computed while drawing each token, from the same params and temperature: one
+    # actor forward fewer per iteration) | recompute (a full-sequence forward after sampling,
+    # as verl / OpenRLHF do when the rollout engine's numerics differ from the trainer's).
+    old_logprobs: str = "sampler"
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -130,6 +135,10 @@ class PPOConfig:
             raise ConfigError(
                 "config.ppo.select must be last or judge (with reward.holdout_judge), "
                 f"got {self.select!r}"
+            )
+        if self.old_logprobs not in ("sampler", "recompute"):
+            raise ConfigError(
+                f"config.ppo.old_logprobs must be sampler or recompute, got {self.old_logprobs!r}"
             )
         if self.shared_base not in (None, True, False):
             raise ConfigError("config.ppo.shared_base must be True, False or None (auto)")

@@ -122,13 +122,17 @@ def score_rollout(
     ids = jnp.concatenate([prompt_ids, resp], axis=1)
     mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
 
-    if cfg.critic == "value_head":
+    head_values = None
+    if cfg.needs_critic and cfg.critic == "value_head":  # one trunk pass: logits and values
         logits, head_values = response_logits_and_values(
             graphs, state.actor.params, state.critic.params, ids, mask, P
         )
+        logp_old = common.token_logprobs(logits, resp, cfg.temperature)
+    elif cfg.old_logprobs == "sampler":  # the sampler's own, at the same params: no forward
+        logp_old = out.logprobs.astype(jnp.float32) * resp_mask
     else:
         logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
-    logp_old = common.token_logprobs(logits, resp, cfg.temperature)
+        logp_old = common.token_logprobs(logits, resp, cfg.temperature)
     ref_params = reference_params(state.actor.params, frozen)
     ref_logits = response_logits(graphs.actor, ref_params, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
