@@ -198,6 +198,11 @@ def test_metrics_jsonl_is_one_object_per_logged_step(run_dir):
         range(1, SHRINK["ppo.iterations"] + 1)
     )
     assert ppo[0]["step"] == 0 and "eval_true_match_rate" in ppo[0], "PPO start evaluation"
+    for r in ppo[1:]:  # each iteration's wall time and throughput
+        assert r["iteration_seconds"] > 0
+        assert r["samples_per_second"] * r["iteration_seconds"] == pytest.approx(
+            SHRINK["ppo.batch_size"]
+        )
 
 
 # ---------------------------------------------------------------- plots and report

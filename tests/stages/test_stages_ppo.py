@@ -161,7 +161,7 @@ def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
 
 
 def test_old_logprobs_from_the_sampler_equal_a_recomputed_forward():
-    """ppo.old_logprobs=sampler (default) skips the actor's forward after sampling: the rollout's
+    """ppo.old_logprobs=sampler (opt-in) skips the actor's forward after sampling: the rollout's
     old log-probs, its KL and one whole iteration's update equal the recomputed path's."""
     cfg_s, st, frozen, step_s, batch, graphs = _setup(old_logprobs="sampler")
     cfg_r, _, _, step_r, _, _ = _setup(old_logprobs="recompute")

@@ -78,11 +78,11 @@ class PPOConfig:
     # (the one whose greedy validation JDs the held-out judge scores highest, reward.holdout_judge;
     # early stopping on labels the proxy never trained on, never the oracle)
     select: str = "last"
-    # PPO's old log-probs (the ratio's denominator, the KL's first term): sampler (the log-probs
-    # the sampler computed while drawing each token, from the same params and temperature: one
-    # actor forward fewer per iteration) | recompute (a full-sequence forward after sampling,
-    # as verl / OpenRLHF do when the rollout engine's numerics differ from the trainer's).
-    old_logprobs: str = "sampler"
+    # PPO's old log-probs (the ratio's denominator, the KL's first term): recompute (a
+    # full-sequence forward after sampling, as verl / OpenRLHF / TRL do: the first minibatch's
+    # ratio is exactly 1) | sampler (the log-probs the sampler computed while drawing each token,
+    # same params and temperature, equal to float rounding: one actor forward fewer).
+    old_logprobs: str = "recompute"
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:

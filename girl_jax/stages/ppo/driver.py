@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -156,6 +157,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         rng = common.fold_rng(config.seed, "ppo", it_idx)
         done = it_idx + 1
         texts = None
+        t_iter = time.perf_counter()
         if host:
             out = sample_fn(state, batch, rng)
             tokens, resp_mask = out.tokens, out.mask
@@ -176,6 +178,10 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         else:
             state, m, (tokens, resp_mask) = step_fn(state, frozen, batch, rng)
             m = common.host(m)
+        # the iteration's wall time (sample, score, update; not the evaluation): the first
+        # includes the compilation
+        m["iteration_seconds"] = time.perf_counter() - t_iter
+        m["samples_per_second"] = cfg.batch_size / m["iteration_seconds"]
         skipped += common.check_finite(m, "ppo", done, cfg.on_nonfinite)
         if data.market is not None:
             if texts is None:
