@@ -4,7 +4,7 @@ Command:
     girl run --config configs/default.py --workdir workdir/default
     girl run --config configs/default.py:smoke --workdir /tmp/smoke  # whole pipeline, ~3 min
 
-Expected (2-core CPU, nothing else running: ~15 min, measured 886 s from a fresh clone):
+Expected (2-core CPU, nothing else running: 13-16 min, measured 787 s from a fresh clone, 245fcc5):
 `workdir/default/results.json` and `report.md` with the
 Base / GIRL-SFT / GIRL table (AUC, LogLoss for MLP and Dot predictors), reward-model AUC on held-out
 recruiter labels, and PPO proxy vs true match rate. Variants: `default`, `smoke`, `gold` (PPO on
