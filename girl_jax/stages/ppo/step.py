@@ -122,14 +122,13 @@ def score_rollout(
     ids = jnp.concatenate([prompt_ids, resp], axis=1)
     mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
 
-    head_values = None
     if cfg.needs_critic and cfg.critic == "value_head":  # one trunk pass: logits and values
         logits, head_values = response_logits_and_values(
             graphs, state.actor.params, state.critic.params, ids, mask, P
         )
         logp_old = common.token_logprobs(logits, resp, cfg.temperature)
-    elif cfg.old_logprobs == "sampler":  # the sampler's own, at the same params: no forward
-        logp_old = out.logprobs.astype(jnp.float32) * resp_mask
+    elif cfg.old_logprobs == "sampler":  # the sampler's own (float32, 0 after EOS): no forward
+        logp_old = out.logprobs
     else:
         logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
         logp_old = common.token_logprobs(logits, resp, cfg.temperature)
