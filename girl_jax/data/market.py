@@ -323,9 +323,11 @@ def generate(
     applications_per_seeker: int = 8,
     cold_start_fraction: float = 0.1,
     text_variation: float = 0.0,
+    jd_text_variation: float | None = None,
 ) -> Market:
     """Builds a market deterministically from `seed`; see the module docstring for fields.
-    `text_variation`: share of CVs / JDs in a varied style (`market_styles`); 0 = templates."""
+    `text_variation`: share of CVs / JDs in a varied style (`market_styles`); 0 = templates.
+    `jd_text_variation`: the JDs' share when it should differ from the CVs' (None: the same)."""
     config = dict(
         num_seekers=num_seekers,
         num_jobs=num_jobs,
@@ -348,6 +350,14 @@ def generate(
         raise ConfigError(f"market.text_variation must lie in [0, 1], got {text_variation!r}")
     if text_variation:  # absent at 0, so a default market's config.json is the one of before
         config["text_variation"] = text_variation
+    tv = jd_text_variation
+    if tv is not None and tv != text_variation:  # absent when equal, as above
+        if isinstance(tv, bool) or not isinstance(tv, int | float) or not 0.0 <= tv <= 1.0:
+            raise ConfigError(
+                f"market.jd_text_variation must lie in [0, 1], got {jd_text_variation!r}"
+            )
+        config["jd_text_variation"] = jd_text_variation
+    jd_variation = config.get("jd_text_variation", text_variation)
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"market.seed must be a non-negative integer, got {seed!r}")
     # plain Python numbers, so the config survives JSON and `generate(**config)` is exact
@@ -369,7 +379,7 @@ def generate(
         seekers=seekers,
         jobs=jobs,
         cvs=render_cvs(seekers, variation=text_variation, seed=seed),
-        jds=render_jds(jobs, variation=text_variation, seed=seed),
+        jds=render_jds(jobs, variation=jd_variation, seed=seed),
         seeker_split=seeker_split,
         pairs=dict(seeker_id=sid, job_id=jid, label=label, split=split),
         taste=taste,

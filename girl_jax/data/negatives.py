@@ -79,9 +79,10 @@ def _job_facts(j: dict, jid: int) -> dict:
 
 def _render_like(market, jid: int, facts: dict) -> str:
     """`facts` written the way the market wrote job `jid`: its template, or, on a market with
-    `text_variation`, the same varied style (the row's own draws), so that a negative differs
-    from its positive in the corrupted field and never in the style."""
-    variation = float(market.config.get("text_variation", 0.0))
+    `text_variation` (`jd_text_variation`), the same varied style (the row's own draws), so that
+    a negative differs from its positive in the corrupted field and never in the style."""
+    cfg = market.config
+    variation = float(cfg.get("jd_text_variation", cfg.get("text_variation", 0.0)))
     if variation > 0:
         rng = market_styles.row_rng(int(market.config.get("seed", 0)), "jd", jid)
         if rng.random() < variation:

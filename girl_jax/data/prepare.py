@@ -114,6 +114,7 @@ def prepare(config, workdir: str) -> dict:
 
 
 def _market_kwargs(config) -> dict:
+    jd_variation = config.data.get("jd_text_variation", -1.0)
     return dict(
         num_seekers=config.data.num_seekers,
         num_jobs=config.data.num_jobs,
@@ -121,6 +122,8 @@ def _market_kwargs(config) -> dict:
         positive_rate=config.data.positive_rate,
         applications_per_seeker=config.data.applications_per_seeker,
         text_variation=config.data.get("text_variation", 0.0),
+        # < 0 (the default): the JDs vary as much as the CVs
+        jd_text_variation=None if jd_variation < 0 else jd_variation,
     )
 
 

@@ -143,3 +143,18 @@ def test_aliases_read_back_as_their_phrase():
 def test_bad_text_variation_raises(bad):
     with pytest.raises(ConfigError, match="text_variation"):
         market.generate(num_seekers=10, num_jobs=5, text_variation=bad)
+    if bad is not None:  # None is jd_text_variation's "the same as text_variation"
+        with pytest.raises(ConfigError, match="jd_text_variation"):
+            market.generate(num_seekers=10, num_jobs=5, jd_text_variation=bad)
+
+
+def test_jd_text_variation_sets_the_jds_share_apart_from_the_cvs(plain, varied):
+    cv_only = market.generate(**SMALL, text_variation=1.0, jd_text_variation=0.0)
+    assert cv_only.cvs == varied.cvs and cv_only.jds == plain.jds
+    jd_only = market.generate(**SMALL, jd_text_variation=1.0)
+    assert jd_only.cvs == plain.cvs and jd_only.jds == varied.jds
+    # recorded only when it differs, and the market rebuilds from its config
+    assert "jd_text_variation" not in market.generate(**SMALL, jd_text_variation=0.0).config
+    assert "jd_text_variation" not in varied.config
+    assert cv_only.config["jd_text_variation"] == 0.0
+    assert market.generate(**cv_only.config).jds == plain.jds

@@ -104,9 +104,17 @@ def test_negative_kinds_config_is_validated():
         RewardConfig.from_config(c.reward)
 
 
-@pytest.mark.parametrize("variation", [0.0, 0.6])
-def test_negatives_keep_the_style_of_their_positive(variation):
-    m = market.generate(num_seekers=80, num_jobs=40, seed=3, text_variation=variation)
+@pytest.mark.parametrize(
+    "variation, jd_variation", [(0.0, None), (0.6, None), (0.6, 0.0), (0, 0.6)]
+)
+def test_negatives_keep_the_style_of_their_positive(variation, jd_variation):
+    m = market.generate(
+        num_seekers=80,
+        num_jobs=40,
+        seed=3,
+        text_variation=variation,
+        jd_text_variation=jd_variation,
+    )
     for jid in range(40):  # the unchanged facts re-render to the market's own JD, style and all
         assert negatives._render_like(m, jid, negatives._job_facts(m.jobs, jid)) == m.jds[jid]
     p = m.pairs

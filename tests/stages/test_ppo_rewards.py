@@ -247,3 +247,17 @@ def test_gold_variant_is_the_default_but_ppo():
     assert ppo.rewards.is_gold(cfg.reward_terms)
     assert (cfg.algorithm, cfg.advantage, cfg.policy_loss) == ("ppo", "grpo", "clipped")
     assert (cfg.temperature, cfg.batch_size, cfg.kl_coef) == (0.35, 256, 0.0)
+
+
+def test_varied_variant_is_the_default_but_its_text():
+    from girl_jax.configuration import load_config
+    from girl_jax.data import prepare
+
+    default, varied = load_config("configs/default.py"), load_config("configs/default.py:varied")
+    for key in default.keys():
+        if key not in ("data", "tokenizer", "name"):
+            assert str(varied[key]) == str(default[key]), key
+    kwargs = prepare._market_kwargs(varied)
+    assert (kwargs["text_variation"], kwargs["jd_text_variation"]) == (1.0, 0.0)
+    assert prepare._market_kwargs(default)["jd_text_variation"] is None  # as the CVs
+    assert varied.tokenizer.normalize == "nfkc_lower"
