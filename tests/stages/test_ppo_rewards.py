@@ -255,8 +255,12 @@ def test_varied_variant_is_the_default_but_its_text():
 
     default, varied = load_config("configs/default.py"), load_config("configs/default.py:varied")
     for key in default.keys():
-        if key not in ("data", "tokenizer", "name"):
+        if key not in ("data", "tokenizer", "ppo", "name"):
             assert str(varied[key]) == str(default[key]), key
+    for key in default.ppo.keys():
+        if key != "kl_coef":
+            assert str(varied.ppo[key]) == str(default.ppo[key]), key
+    assert (default.ppo.kl_coef, varied.ppo.kl_coef) == (0.05, 0.1)
     kwargs = prepare._market_kwargs(varied)
     assert (kwargs["text_variation"], kwargs["jd_text_variation"]) == (1.0, 0.0)
     assert prepare._market_kwargs(default)["jd_text_variation"] is None  # as the CVs
