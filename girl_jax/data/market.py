@@ -315,6 +315,13 @@ class Market:
             json.dump(self.config, f, indent=2)
 
 
+def _check_share(name: str, value):
+    """`value` if it is a number in [0, 1] (a share of the rows), else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"market.{name} must lie in [0, 1], got {value!r}")
+    return value
+
+
 def generate(
     num_seekers: int = 2000,
     num_jobs: int = 400,
@@ -345,19 +352,14 @@ def generate(
         raise ConfigError(
             f"market.cold_start_fraction must lie in [0, 1), got {cold_start_fraction!r}"
         )
-    tv = text_variation
-    if isinstance(tv, bool) or not isinstance(tv, int | float) or not 0.0 <= tv <= 1.0:
-        raise ConfigError(f"market.text_variation must lie in [0, 1], got {text_variation!r}")
+    _check_share("text_variation", text_variation)
     if text_variation:  # absent at 0, so a default market's config.json is the one of before
         config["text_variation"] = text_variation
-    tv = jd_text_variation
-    if tv is not None and tv != text_variation:  # absent when equal, as above
-        if isinstance(tv, bool) or not isinstance(tv, int | float) or not 0.0 <= tv <= 1.0:
-            raise ConfigError(
-                f"market.jd_text_variation must lie in [0, 1], got {jd_text_variation!r}"
-            )
-        config["jd_text_variation"] = jd_text_variation
-    jd_variation = config.get("jd_text_variation", text_variation)
+    jd_variation = text_variation
+    if jd_text_variation is not None:
+        jd_variation = _check_share("jd_text_variation", jd_text_variation)
+    if jd_variation != text_variation:  # absent when equal, as above
+        config["jd_text_variation"] = jd_variation
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"market.seed must be a non-negative integer, got {seed!r}")
     # plain Python numbers, so the config survives JSON and `generate(**config)` is exact
