@@ -8,6 +8,7 @@ import time
 
 import nbformat
 import pytest
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
@@ -74,7 +75,7 @@ def test_quickstart_notebook_runs_and_shows_the_results(tmp_path, monkeypatch):
     monkeypatch.setenv("GIRL_QUICKSTART_WORKDIR", str(workdir))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     # The kernel sees what a user sees: one CPU device, not the tests' 8 simulated ones.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(None))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = _read()
     client = NotebookClient(

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from xla_env import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "default.py") + ":smoke"
 
@@ -104,7 +106,7 @@ def tree_hashes(root: str) -> dict[str, str]:
 def subprocess_env(devices: int = 8) -> dict:
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
         PYTHONUNBUFFERED="1",
