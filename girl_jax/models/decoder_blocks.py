@@ -135,12 +135,16 @@ class Attention(nnx.Module):
         ) / jnp.sqrt(jnp.float32(K))
         scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        out_BxTxGxRxK = jnp.einsum(
-            f"bgrts,{kv_dims}->btgrk",
+        # Out as [B, G, R, T, K], then moved: asked for [B, T, G, R, K] directly, XLA:CPU turns
+        # the bf16 x bf16 -> f32 product over a head-major cache into a dot it cannot run
+        # ("Unsupported element type for DotThunk: BF16 x BF16 = F32"; jax 0.10.2).
+        out_BxGxRxTxK = jnp.einsum(
+            f"bgrts,{kv_dims}->bgrtk",
             probs.astype(dtype),
             v.astype(dtype),
             preferred_element_type=jnp.float32,
         ).astype(dtype)
+        out_BxTxGxRxK = jnp.transpose(out_BxGxRxTxK, (0, 3, 1, 2, 4))
         return self.o_proj(out_BxTxGxRxK.reshape(B, T, G * R * K))
 
 

@@ -5,6 +5,8 @@ copying into a bigger cache (what the sampler does between decode chunks), and r
 scanned layers.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,3 +134,25 @@ def test_per_layer_cache_layout_errors():
         flat.init_cache(2, 8, layout="heads")
     # The default is unchanged: one stacked [L, B, S, G, K] array each for keys and values.
     assert flat.init_cache(2, 8)["k"].shape == (2, 2, 8, 4, 8)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_bfloat16_per_layer_cache_runs_on_cpu_and_follows_float32(name):
+    # The prefill's attention over a head-major bf16 cache once compiled, on XLA:CPU, to a dot
+    # it cannot run ("Unsupported element type for DotThunk: BF16 x BF16 = F32"): every bf16
+    # model crashed in the sampler on a CPU. Same weights, bf16 compute against float32.
+    cfg = CONFIGS[name]
+    model = Decoder(cfg, rngs=nnx.Rngs(3))
+    bf16 = Decoder(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(3))
+    ids, prompt_mask, full_mask = _inputs(3)
+    B, P = prompt_mask.shape
+    S = P + STEPS
+    out = {}
+    for key, m in (("f32", model), ("bf16", bf16)):
+        graphdef, params = nnx.split(m)
+        step = jax.jit(lambda p, *a, graphdef=graphdef, **k: apply(graphdef, p, *a, **k))
+        cache = m.init_cache(B, S, layout="per_layer")
+        out[key], _ = _decode(step, params, cache, ids, prompt_mask, full_mask, S)
+    valid = full_mask.astype(bool)
+    assert np.isfinite(out["bf16"][valid]).all()
+    np.testing.assert_allclose(out["bf16"][valid], out["f32"][valid], atol=0.05)
