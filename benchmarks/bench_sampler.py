@@ -94,6 +94,19 @@ def run(args) -> dict:
                     first_diff[0] if len(first_diff) else new
                 )
             target = 5.0 if (batch == 32 and mode == "sample") else None
+            if target is not None:  # the target run against the machine's compute limit
+                peak, peak_name = bc.peak_flops(args.device, args.quick)
+                figures.append(
+                    bc.figure(
+                        f"sampler {shape} {mode} batch {batch} FLOP/s vs peak",
+                        "FLOP/s",
+                        details["runs"][run_key]["ours_flops_per_s"],
+                        peak,
+                        peak_name,
+                        target=0.4,
+                        note="fraction of the machine's compute limit (FLOPs as bench_common)",
+                    )
+                )
             figures.append(
                 bc.figure(
                     f"sampler {shape} {mode} batch {batch}",
