@@ -4,6 +4,14 @@ transformers `generate` (PyTorch, KV cache) on the same GPT-2 weights.
 Exactly `new` tokens per row on both sides (no EOS stop), prompt 64, batch 8 and 32,
 multinomial sampling (temperature 1, no top-k / top-p) and greedy. Timings are interleaved
 A B A B after a warm-up; the medians are compared; our compile time is reported apart.
+
+On a CPU the process has one XLA device per core (`--xla_force_host_platform_device_count`,
+what `CPU_DEVICES=N launch/local.sh` sets for `girl`): the rows above run on one of them, as
+every `girl` command does by default; the `one CPU device per core` row runs the same sampler
+with the batch laid over all of them (`make_sampler(in_shardings=...)`, the data axis), timed
+in the same interleaved loop as the batch-32 sampling row and its peer. XLA:CPU runs one
+device's decode step mostly on one core (a step is a chain of small ops); one device per core
+runs the rows' halves side by side.
 """
 
 from __future__ import annotations
@@ -69,6 +77,9 @@ def run(args) -> dict:
 
             ours_tokens = np.asarray(ours())  # warm-up
             fns = {"ours": ours}
+            per_core = mode == "sample" and batch == batches[-1] and _per_core_ok(batch)
+            if per_core:
+                fns["ours_per_core"] = _per_core_sampler(sampler, params, ids, mask, key)
             peer_tokens = None
             if torch_side is not None:
                 gen = torch_side(ids_np, new, greedy=mode == "greedy")
@@ -94,6 +105,20 @@ def run(args) -> dict:
                     first_diff[0] if len(first_diff) else new
                 )
             target = 5.0 if (batch == 32 and mode == "sample") else None
+            if per_core:
+                n_dev = len(jax.devices())
+                details["runs"][run_key]["per_core_devices"] = n_dev
+                figures.append(
+                    bc.figure(
+                        f"sampler {shape} {mode} batch {batch}, one CPU device per core ({n_dev})",
+                        "tokens/s",
+                        tok / bc.median(times["ours_per_core"]),
+                        peer_tps,
+                        "transformers generate (torch, KV cache)",
+                        target=target,
+                        note="batch over the data axis of a mesh of every device",
+                    )
+                )
             if target is not None:  # the target run against the machine's compute limit
                 peak, peak_name = bc.peak_flops(args.device, args.quick)
                 figures.append(
@@ -119,6 +144,32 @@ def run(args) -> dict:
                 )
             )
     return {"figures": figures, "details": details}
+
+
+def _per_core_ok(batch: int) -> bool:
+    import jax
+
+    n = len(jax.devices())
+    return jax.default_backend() == "cpu" and n > 1 and batch % n == 0
+
+
+def _per_core_sampler(sampler, params, ids, mask, key):
+    """The same jitted sampler with the batch over every CPU device (params replicated)."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rep, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    p, i, m = jax.device_put(params, rep), jax.device_put(ids, rows), jax.device_put(mask, rows)
+    k = jax.device_put(key, rep)
+    compiled = sampler.lower(p, i, m, k).compile()
+
+    def run():
+        return jax.block_until_ready(compiled(p, i, m, k).tokens)
+
+    run()  # warm-up
+    return run
 
 
 def _torch_generate_factory(model, device: str):
@@ -171,6 +222,10 @@ def _torch_generate_factory(model, device: str):
 def main(argv=None):
     args = bc.base_parser(__doc__.splitlines()[0]).parse_args(argv)
     bc.single_device_env(args.device)
+    if args.device == "cpu":  # one XLA device per core; the single-device rows use the first
+        cores = os.cpu_count() or 1
+        flag = f"--xla_force_host_platform_device_count={cores}"
+        os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {flag}".strip()
     bc.emit(run(args), args.out)
 
 

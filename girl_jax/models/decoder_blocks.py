@@ -135,16 +135,25 @@ class Attention(nnx.Module):
         ) / jnp.sqrt(jnp.float32(K))
         scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        # Out as [B, G, R, T, K], then moved: asked for [B, T, G, R, K] directly, XLA:CPU turns
-        # the bf16 x bf16 -> f32 product over a head-major cache into a dot it cannot run
-        # ("Unsupported element type for DotThunk: BF16 x BF16 = F32"; jax 0.10.2).
-        out_BxGxRxTxK = jnp.einsum(
-            f"bgrts,{kv_dims}->bgrtk",
-            probs.astype(dtype),
-            v.astype(dtype),
-            preferred_element_type=jnp.float32,
-        ).astype(dtype)
-        out_BxTxGxRxK = jnp.transpose(out_BxGxRxTxK, (0, 3, 1, 2, 4))
+        if jnp.dtype(dtype).itemsize == 2:
+            # Out as [B, G, R, T, K], then moved: asked for [B, T, G, R, K] directly, XLA:CPU
+            # turns the 16-bit x 16-bit -> f32 product over a head-major cache into a dot it
+            # cannot run ("Unsupported element type for DotThunk: BF16 x BF16 = F32"; jax
+            # 0.10.2). float32 keeps the direct form (and its last-digit results).
+            out_BxGxRxTxK = jnp.einsum(
+                f"bgrts,{kv_dims}->bgrtk",
+                probs.astype(dtype),
+                v.astype(dtype),
+                preferred_element_type=jnp.float32,
+            ).astype(dtype)
+            out_BxTxGxRxK = jnp.transpose(out_BxGxRxTxK, (0, 3, 1, 2, 4))
+        else:
+            out_BxTxGxRxK = jnp.einsum(
+                f"bgrts,{kv_dims}->btgrk",
+                probs.astype(dtype),
+                v.astype(dtype),
+                preferred_element_type=jnp.float32,
+            ).astype(dtype)
         return self.o_proj(out_BxTxGxRxK.reshape(B, T, G * R * K))
 
 
