@@ -77,9 +77,13 @@ def run(args) -> dict:
 
             ours_tokens = np.asarray(ours())  # warm-up
             fns = {"ours": ours}
-            per_core = mode == "sample" and batch == batches[-1] and _per_core_ok(batch)
+            # the target run (quick: the greedy one, so that the tokens can be compared)
+            per_core = (
+                (mode == "sample" or args.quick) and batch == batches[-1] and _per_core_ok(batch)
+            )
             if per_core:
                 fns["ours_per_core"] = _per_core_sampler(sampler, params, ids, mask, key)
+                per_core_tokens = np.asarray(fns["ours_per_core"]())
             peer_tokens = None
             if torch_side is not None:
                 gen = torch_side(ids_np, new, greedy=mode == "greedy")
@@ -108,6 +112,10 @@ def run(args) -> dict:
             if per_core:
                 n_dev = len(jax.devices())
                 details["runs"][run_key]["per_core_devices"] = n_dev
+                # same key, same rows: the sharded run draws the same tokens (greedy: exactly)
+                details["runs"][run_key]["per_core_same_tokens"] = float(
+                    (per_core_tokens == ours_tokens).mean()
+                )
                 figures.append(
                     bc.figure(
                         f"sampler {shape} {mode} batch {batch}, one CPU device per core ({n_dev})",

@@ -81,6 +81,17 @@ def test_greedy_sampler_matches_transformers_on_the_same_weights(quick_results):
     assert greedy and all(r["greedy_identical_prefix"] == 8 for r in greedy)
 
 
+def test_sampler_over_one_device_per_core_draws_the_same_tokens(quick_results):
+    runs = quick_results[0]["details"]["sampler"]["details"]["runs"]
+    cores = os.cpu_count() or 1
+    if cores < 2 or 2 % cores:  # --quick samples 2 rows: one per device needs 2 cores
+        pytest.skip(f"{cores} cores: no per-core run at batch 2")
+    per_core = [r for r in runs.values() if "per_core_devices" in r]
+    assert per_core and per_core[0]["per_core_devices"] == os.cpu_count()
+    assert per_core[0]["per_core_same_tokens"] == 1.0
+    assert len(per_core[0]["times_s"]["ours_per_core"]) == len(per_core[0]["times_s"]["ours"])
+
+
 def test_fsdp_state_shrinks_with_fsdp(quick_results):
     rows = quick_results[0]["details"]["fsdp_memory"]["details"]["rows"]
     assert rows["2"]["device0_bytes"] < rows["1"]["device0_bytes"]
