@@ -233,11 +233,37 @@ def active_rules() -> Rules:
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[MeshAxes]) -> jax.Array:
-    """`with_sharding_constraint` by logical names under an active mesh; identity otherwise."""
+    """`with_sharding_constraint` by logical names under an active mesh; identity otherwise.
+
+    Inside `jax.shard_map` the mapped axes are Manual: each shard already is the placement along
+    them, so they are dropped from the spec (the constraint keeps only the Auto axes, or is the
+    identity when none is left) and the model runs unchanged in a per-shard function."""
     mesh = active_mesh()
     if mesh is None or math.prod(mesh.shape.values()) == 1:
         return x
     spec = logical_to_mesh_spec(logical_axes, _active.rules, mesh, x.shape)
+    manual = _manual_axes()
+    if manual:
+        spec = _without_axes(spec, manual)
+        if all(entry is None for entry in spec):
+            return x
+        return jax.lax.with_sharding_constraint(x, spec)  # on the shard_map's own (abstract) mesh
     if isinstance(mesh, Mesh):
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _manual_axes() -> frozenset[str]:
+    """The mesh axes that are Manual where this is traced (inside `jax.shard_map`)."""
+    abstract = jax.sharding.get_abstract_mesh()
+    if abstract is None or abstract.empty:
+        return frozenset()
+    return frozenset(abstract.manual_axes)
+
+
+def _without_axes(spec: PartitionSpec, axes: frozenset[str]) -> PartitionSpec:
+    kept = []
+    for entry in spec:
+        names = tuple(a for a in _as_tuple(entry) if a not in axes)
+        kept.append(None if not names else names[0] if len(names) == 1 else names)
+    return PartitionSpec(*kept)
