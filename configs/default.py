@@ -239,6 +239,9 @@ def get_config(arg=None):
         # any token that would complete an n-gram already generated (0: off).
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
+        # Copy bias (Hugging Face's encoder_repetition_penalty): > 1 multiplies positive logits
+        # of the CV's tokens by it and divides negative ones (1.0: off).
+        encoder_repetition_penalty=1.0,
     )
     c.recommend = dict(
         encoder=dict(

@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the config's generate.no_repeat_ngram_size, 0 = off)",
     )
     g.add_argument(
+        "--encoder-repetition-penalty",
+        type=float,
+        default=None,
+        help="copy bias: > 1 favours the CV's tokens in the JD (Hugging Face's "
+        "encoder_repetition_penalty; default: the config's generate value, 1.0 = off)",
+    )
+    g.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object: the JDs, their parsed fields and the closest real jobs",

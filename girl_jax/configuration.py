@@ -147,6 +147,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.generate.repetition_penalty must be > 0 (1: off), got {penalty!r}"
         )
+    copy_bias = gen.get("encoder_repetition_penalty", 1.0)
+    if isinstance(copy_bias, bool) or not isinstance(copy_bias, int | float) or not copy_bias > 0:
+        raise ConfigError(
+            f"config.generate.encoder_repetition_penalty must be > 0 (1: off), got {copy_bias!r}"
+        )
     ngram = gen.get("no_repeat_ngram_size", 0)
     if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
         raise ConfigError(

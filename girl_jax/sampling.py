@@ -23,6 +23,9 @@ A repetition guard, as Hugging Face ``generate`` has, is off by default
 (`SamplingConfig.repetition_penalty` 1.0, `no_repeat_ngram_size` 0; then the traced program
 is the one without it). Unlike Hugging Face's, it looks at the generated tokens only, never
 at the prompt: a JD should repeat the CV's skills, not avoid them. See `guard_logits`.
+The opposite, Hugging Face's `encoder_repetition_penalty` p (off at 1.0), favours the prompt's
+tokens: their logits are multiplied by p when positive and divided by p when negative, before
+the guard (`bias_to_prompt`): a copy bias that makes a JD reuse the CV's words.
 
 This module holds the config and the loop; the token choice (top-k / top-p, temperature, the
 guard) lives in `girl_jax.sampling_choose`, `decoder_fns` in `girl_jax.sampling_decoder`.
@@ -44,8 +47,10 @@ from girl_jax.sampling_choose import (  # noqa: F401 (_inverse_cdf, _argmax: re-
     _argmax,
     _choose,
     _inverse_cdf,
+    bias_to_prompt,
     filter_logits,
     guard_logits,
+    prompt_tokens,
 )
 from girl_jax.sampling_decoder import decoder_fns
 
@@ -73,11 +78,17 @@ class SamplingConfig:
     cache_chunks: int | None = None  # None: min(4, max_new_tokens // 32), at least 1
     repetition_penalty: float = 1.0  # > 1: CTRL-style penalty on already generated tokens
     no_repeat_ngram_size: int = 0  # > 0: never complete an n-gram already generated
+    encoder_repetition_penalty: float = 1.0  # > 1: favour the prompt's tokens (copy bias)
 
     @property
     def guarded(self) -> bool:
         """Whether the repetition guard changes any logits (`guard_logits`)."""
         return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0
+
+    @property
+    def prompt_biased(self) -> bool:
+        """Whether the prompt's tokens get `encoder_repetition_penalty` (`bias_to_prompt`)."""
+        return self.encoder_repetition_penalty != 1.0
 
     def __post_init__(self):
         def bad(field, want):
@@ -108,6 +119,12 @@ class SamplingConfig:
             bad("repetition_penalty", "a number > 0 (1.0 disables)")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             bad("no_repeat_ngram_size", "an int >= 0 (0 disables)")
+        if not (
+            isinstance(self.encoder_repetition_penalty, (int, float))
+            and not isinstance(self.encoder_repetition_penalty, bool)
+            and self.encoder_repetition_penalty > 0
+        ):
+            bad("encoder_repetition_penalty", "a number > 0 (1.0 disables)")
 
 
 def _is_int(x) -> bool:
@@ -207,9 +224,13 @@ def sample(
         init_cache_fn(B, S0),
     )
     eos = -1 if cfg.eos_id is None else cfg.eos_id
+    if cfg.prompt_biased:  # which tokens the prompt holds: once, before the loop
+        in_prompt_BxV = prompt_tokens(prompt_ids_BxP, prompt_mask_BxP, logits_BxPxV.shape[-1])
 
     def body(s: _Loop, S: int) -> _Loop:
         logits_BxV = s.logits_BxV
+        if cfg.prompt_biased:  # Hugging Face's order: the prompt's bias, then the guard
+            logits_BxV = bias_to_prompt(logits_BxV, in_prompt_BxV, cfg.encoder_repetition_penalty)
         if cfg.guarded:
             logits_BxV = guard_logits(
                 logits_BxV, s.tokens_BxN, s.i, cfg.repetition_penalty, cfg.no_repeat_ngram_size
@@ -300,11 +321,13 @@ def make_sampler(
 __all__ = [
     "SampleOutput",
     "SamplingConfig",
+    "bias_to_prompt",
     "decode_chunks",
     "decoder_fns",
     "filter_logits",
     "guard_logits",
     "make_sampler",
     "prompt_positions",
+    "prompt_tokens",
     "sample",
 ]

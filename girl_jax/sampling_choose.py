@@ -1,5 +1,6 @@
 """How the sampler picks a token from the next-token logits: `filter_logits` (top-k / top-p),
-`guard_logits` (the repetition guard) and `_choose` (temperature, greedy or an inverse-CDF draw,
+`guard_logits` (the repetition guard), `bias_to_prompt` (a copy bias towards the prompt's
+tokens) and `_choose` (temperature, greedy or an inverse-CDF draw,
 with the chosen token's log-prob), with the reductions they use (`_inverse_cdf`, `_argmax`).
 """
 
@@ -36,6 +37,24 @@ def filter_logits(logits_BxV: Array, top_k: int = 0, top_p: float = 1.0) -> Arra
         cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, n_keep_B[:, None] - 1, axis=-1)
         logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, neg_inf, logits_BxV)
     return logits_BxV
+
+
+def prompt_tokens(prompt_ids_BxP: Array, prompt_mask_BxP: Array, vocab: int) -> Array:
+    """in_prompt_BxV bool: True for every token id among a row's unmasked prompt tokens."""
+    B = prompt_ids_BxP.shape[0]
+    rows_Bx1 = jnp.arange(B)[:, None]
+    valid_BxP = prompt_mask_BxP.astype(bool)
+    return jnp.zeros((B, vocab), bool).at[rows_Bx1, prompt_ids_BxP.astype(jnp.int32)].max(valid_BxP)
+
+
+def bias_to_prompt(logits_BxV: Array, in_prompt_BxV: Array, penalty: float) -> Array:
+    """Hugging Face's ``encoder_repetition_penalty`` p (Keskar et al.'s penalty turned round):
+    the logit of every token in the prompt is multiplied by p when positive and divided by p
+    when negative, so p > 1 makes the prompt's tokens more likely (p < 1 less). Once per token,
+    however often the prompt holds it; padding never counts (`prompt_tokens`)."""
+    p = jnp.asarray(penalty, logits_BxV.dtype)
+    boosted_BxV = jnp.where(logits_BxV < 0, logits_BxV / p, logits_BxV * p)
+    return jnp.where(in_prompt_BxV, boosted_BxV, logits_BxV)
 
 
 def guard_logits(

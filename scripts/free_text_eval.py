@@ -1,7 +1,9 @@
 """How a workdir's generator copes with CVs written the way people write them.
 
     python scripts/free_text_eval.py --workdir W [--generator ppo,sft]
-        [--repetition-penalty 1.0,1.2] [--no-repeat-ngram-size 0,3] [--json-out FILE]
+        [--repetition-penalty 1.0,1.2] [--no-repeat-ngram-size 0,3]
+        [--encoder-repetition-penalty 1.0,1.5] [--market-seekers N [--no-free-text]]
+        [--json-out FILE]
 
 For every hand-written CV in tests/data/free_text_cvs/ (index.json: its true occupation family
 and the skills it mentions, by their taxonomy names), writes one greedy JD with the workdir's
@@ -20,14 +22,17 @@ generator exactly as `girl generate` does (`girl_jax.stages.generate_cli.load_ge
 
 `--market-seekers N` adds the same rows for the market's own CVs (the first N seekers, their
 family and skills from the market, plus the oracle's true match): the in-distribution reference.
+`--no-free-text` scores the market CVs alone: what to tune a decoding setting on, so that the
+hand-written CVs stay held out.
 `--lowercase` lower-cases every CV first: a diagnostic of how much the case alone costs, not
 what `girl generate` does; for a workdir whose tokenizer was trained with
 `tokenizer.normalize=nfkc_lower` it changes nothing (its tokenizer lower-cases every CV itself).
 The report names the workdir's tokenizer normaliser and market `text_variation`.
 
 Prints a markdown table; --json-out writes the table's numbers and every CV's JD and fields.
-Each comma-separated value of --generator / --repetition-penalty / --no-repeat-ngram-size adds
-rows (their product). The CVs are held out: never use them for training or tuning.
+Each comma-separated value of --generator / --repetition-penalty / --no-repeat-ngram-size /
+--encoder-repetition-penalty (the copy bias) adds rows (their product). The CVs are held out:
+never use them for training or tuning.
 """
 
 from __future__ import annotations
@@ -161,7 +166,9 @@ def score(cvs: list[dict], jds: list[str]) -> dict:
     }
 
 
-def generate_jds(workdir, config, generator, cvs, repetition_penalty, no_repeat_ngram_size):
+def generate_jds(
+    workdir, config, generator, cvs, repetition_penalty, no_repeat_ngram_size, copy_bias=None
+):
     """Greedy JDs for `cvs` by the workdir's `generator`, as `girl generate` writes JD 1."""
     import jax
 
@@ -178,6 +185,7 @@ def generate_jds(workdir, config, generator, cvs, repetition_penalty, no_repeat_
         batch_size=min(32, len(cvs)),
         repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size,
+        encoder_repetition_penalty=copy_bias,
     )
     return gen.generate([cv["text"] for cv in cvs], jax.random.key(0))
 
@@ -187,7 +195,10 @@ def _fmt(v) -> str:
 
 
 def markdown(results: list[dict]) -> str:
-    cols = ("cv_set", "generator", "repetition_penalty", "no_repeat_ngram_size", "n", *METRICS)
+    cols = ("cv_set", "generator", "repetition_penalty", "no_repeat_ngram_size")
+    if any(r.get("encoder_repetition_penalty", 1.0) != 1.0 for r in results):
+        cols += ("encoder_repetition_penalty",)
+    cols += ("n", *METRICS)
     if any(r.get("true_match") is not None for r in results):
         cols += ("true_match",)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -212,6 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--generator", default="ppo", help="ppo, sft or both: ppo,sft")
     ap.add_argument("--repetition-penalty", default=None, help="e.g. 1.0,1.2 (default: config)")
     ap.add_argument("--no-repeat-ngram-size", default=None, help="e.g. 0,3 (default: config)")
+    ap.add_argument(
+        "--encoder-repetition-penalty", default=None, help="copy bias, e.g. 1,1.5 (default: config)"
+    )
     ap.add_argument("--config", default=None, help="defaults to the workdir's config.json")
     ap.add_argument("--cv-dir", default=CV_DIR)
     ap.add_argument("--only", default=None, help="comma-separated CV files of the index")
@@ -220,6 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lowercase", action="store_true", help="diagnostic: lower-case the CVs")
     ap.add_argument(
         "--market-seekers", type=int, default=0, help="also score N market CVs (reference)"
+    )
+    ap.add_argument(
+        "--no-free-text", action="store_true", help="score the market CVs only (for tuning)"
     )
     args, overrides = ap.parse_known_args(argv)
     bad = [a for a in overrides if not a.startswith("--config.")]
@@ -235,6 +252,11 @@ def main(argv=None) -> int:
     g = config.get("generate") or {}
     penalties = _floats(args.repetition_penalty or g.get("repetition_penalty", 1.0))
     ngrams = _ints(args.no_repeat_ngram_size or g.get("no_repeat_ngram_size", 0))
+    copy_biases = _floats(
+        args.encoder_repetition_penalty or g.get("encoder_repetition_penalty", 1.0)
+    )
+    if args.no_free_text and args.market_seekers <= 0:
+        ap.error("--no-free-text needs --market-seekers N")
     generators = args.generator.split(",")
     for name in generators:
         if name not in ("ppo", "sft"):
@@ -242,20 +264,21 @@ def main(argv=None) -> int:
     cvs = load_cvs(args.cv_dir, args.only.split(",") if args.only else None, args.limit)
     if args.lowercase:
         cvs = [{**cv, "text": cv["text"].lower()} for cv in cvs]
-    sets = [("free_text", cvs, None)]
+    sets = [] if args.no_free_text else [("free_text", cvs, None)]
     if args.market_seekers > 0:
         sets.append(("market", *market_cvs(workdir, args.market_seekers)))
     results = []
-    for (kind, items, sids), name, penalty, ngram in itertools.product(
-        sets, generators, penalties, ngrams
+    for (kind, items, sids), name, penalty, ngram, copy_bias in itertools.product(
+        sets, generators, penalties, ngrams, copy_biases
     ):
         t0 = time.time()
-        jds = generate_jds(workdir, config, name, items, penalty, ngram)
+        jds = generate_jds(workdir, config, name, items, penalty, ngram, copy_bias)
         res = {
             "cv_set": kind,
             "generator": name,
             "repetition_penalty": penalty,
             "no_repeat_ngram_size": ngram,
+            "encoder_repetition_penalty": copy_bias,
             **score(items, jds),
         }
         if sids is not None:
@@ -266,9 +289,11 @@ def main(argv=None) -> int:
         res["seconds"] = round(time.time() - t0, 1)
         results.append(res)
         print(
-            f"free_text_eval: {kind} {name} penalty={penalty} ngram={ngram}: own family "
+            f"free_text_eval: {kind} {name} penalty={penalty} ngram={ngram} "
+            f"copy_bias={copy_bias}: own family "
             f"{_fmt(res['own_family'])}, skill share {_fmt(res['skill_share'])} "
-            f"({res['seconds']} s)",
+            + (f", true match {res['true_match']:.3f}" if sids is not None else "")
+            + f" ({res['seconds']} s)",
             file=sys.stderr,
         )
     table = markdown(results)

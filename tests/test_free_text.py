@@ -174,6 +174,7 @@ def test_girl_generate_json(tiny_sft):
         "best_of": 0,
         "repetition_penalty": 1.0,
         "no_repeat_ngram_size": 2,
+        "encoder_repetition_penalty": 1.0,
     }
     assert [jd["kind"] for jd in out["jds"]] == ["greedy", "sample 1"]
     for jd in out["jds"]:
@@ -227,6 +228,19 @@ def test_free_text_eval_on_a_tiny_workdir(tiny_sft, tmp_path, capsys):
         for key in free_text_eval.METRICS:
             assert res[key] == again[key], key
         assert 0 <= res["own_family"] <= 1 and 0 <= res["parse_rate"] <= 1
+    # tuning a decoding setting on the market CVs alone: no hand-written CV is read
+    tune = ["--workdir", tiny_sft, "--generator", "sft", "--json-out", out, "--no-free-text"]
+    argv = [*tune, "--market-seekers", "4", "--encoder-repetition-penalty", "1.0,3.0"]
+    assert free_text_eval.main(argv) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert "| encoder_repetition_penalty |" in table[0] and len(table) == 4
+    assert table[2].startswith("| market | sft | 1.000 | 0 | 1.000 | 4 |")
+    assert table[3].startswith("| market | sft | 1.000 | 0 | 3.000 | 4 |")
+    tuned = json.load(open(out))["results"]
+    assert [r["cv_set"] for r in tuned] == ["market", "market"]
+    assert [r["jd"] for r in tuned[0]["cvs"]] == [r["jd"] for r in results[2]["cvs"]]
+    with pytest.raises(SystemExit):
+        free_text_eval.main(tune)  # --no-free-text without market CVs: nothing to score
 
 
 def test_generator_from_config_reads_the_guard():
@@ -246,8 +260,16 @@ def test_generator_from_config_reads_the_guard():
     assert (kw["repetition_penalty"], kw["no_repeat_ngram_size"]) == (1.0, 3)
     kw = Recorder.from_config(None, None, None, config, repetition_penalty=1.3).kwargs
     assert (kw["repetition_penalty"], kw["no_repeat_ngram_size"]) == (1.3, 3)
+    assert kw["encoder_repetition_penalty"] == 1.0  # the copy bias: off by default
+    config.generate.encoder_repetition_penalty = 1.4
+    kw = Recorder.from_config(None, None, None, config).kwargs
+    assert kw["encoder_repetition_penalty"] == 1.4
+    kw = Recorder.from_config(None, None, None, config, encoder_repetition_penalty=2.0).kwargs
+    assert kw["encoder_repetition_penalty"] == 2.0
     old = ml_collections.ConfigDict(config.to_dict())  # a workdir saved before the guard
     del old.generate["repetition_penalty"], old.generate["no_repeat_ngram_size"]
+    del old.generate["encoder_repetition_penalty"]
     kw = Recorder.from_config(None, None, None, old).kwargs
     assert (kw["repetition_penalty"], kw["no_repeat_ngram_size"]) == (1.0, 0)
+    assert kw["encoder_repetition_penalty"] == 1.0
     assert kw["max_new_tokens"] == config.ppo.max_new_tokens

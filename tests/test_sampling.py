@@ -648,3 +648,88 @@ def test_guard_config_validation():
         with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
             sampling.SamplingConfig(**base, **bad)
     assert sampling.SamplingConfig(**base, repetition_penalty=1.2).guarded
+
+
+# The copy bias (`encoder_repetition_penalty`), against NumPy and Hugging Face's processor.
+
+
+def np_bias_to_prompt(logits, prompt_ids, prompt_mask, penalty):
+    """Hugging Face's EncoderRepetitionPenaltyLogitsProcessor, written plainly (padding skipped)."""
+    out = np.array(logits, np.float32, copy=True)
+    for b in range(out.shape[0]):
+        for t in {int(t) for t, m in zip(prompt_ids[b], prompt_mask[b]) if m}:
+            out[b, t] = out[b, t] * penalty if out[b, t] > 0 else out[b, t] / penalty
+    return out
+
+
+@pytest.mark.parametrize("penalty", [1.5, 0.6])
+def test_bias_to_prompt_matches_numpy_and_hugging_face(penalty):
+    rng = np.random.default_rng(int(penalty * 10))
+    B, P, V = 4, 7, 10
+    ids = rng.integers(0, V, size=(B, P)).astype(np.int32)
+    ids[0] = [2, 2, 2, 5, 5, 9, 9]  # repeats count once
+    mask = np.ones((B, P), np.int32)
+    mask[1, :3] = 0  # left padding: those ids are not the prompt's
+    logits = rng.normal(size=(B, V)).astype(np.float32) * 2
+    seen = sampling.prompt_tokens(jnp.asarray(ids), jnp.asarray(mask), V)
+    got = np.asarray(jax.jit(sampling.bias_to_prompt)(logits, seen, penalty))
+    np.testing.assert_allclose(got, np_bias_to_prompt(logits, ids, mask, penalty), rtol=1e-6)
+    ids[1, :3] = [1, 3, 4]  # padding ids that the rest of row 1 does not hold
+    ids[1, 3:] = [6, 7, 8, 6]
+    seen = np.asarray(sampling.prompt_tokens(jnp.asarray(ids), jnp.asarray(mask), V))
+    np.testing.assert_array_equal(np.flatnonzero(seen[1]), [6, 7, 8])
+    np.testing.assert_array_equal(np.flatnonzero(seen[0]), [2, 5, 9])
+    torch = pytest.importorskip("torch")
+    generation = pytest.importorskip("transformers.generation.logits_process")
+    unpadded = [0, 2, 3]  # Hugging Face has no prompt mask: the rows without padding
+    hf = generation.EncoderRepetitionPenaltyLogitsProcessor(
+        penalty=penalty, encoder_input_ids=torch.tensor(ids[unpadded], dtype=torch.long)
+    )
+    want = hf(None, torch.tensor(logits[unpadded])).numpy()
+    np.testing.assert_allclose(got[unpadded], want, rtol=1e-6)
+
+
+def copy_biased_greedy_rollout(params, ids, mask, n_new, copy_bias, penalty):
+    """`guarded_greedy_rollout` with the prompt's copy bias applied first, as Hugging Face does."""
+    forward = jax.jit(lambda i, m: toy_full_forward(params, i, m))
+    B, P = ids.shape
+    seq = np.concatenate([ids, np.zeros((B, n_new), np.int32)], 1)
+    seq_mask = np.concatenate([mask, np.zeros((B, n_new), np.int32)], 1)
+    for i in range(n_new):
+        logits = np.asarray(forward(jnp.asarray(seq), jnp.asarray(seq_mask))[:, P - 1 + i])
+        logits = np_bias_to_prompt(logits, ids, mask, copy_bias)
+        seq[:, P + i] = np.argmax(np_guard(logits, seq[:, P:], i, penalty, 0), -1)
+        seq_mask[:, P + i] = 1
+    return seq[:, P:]
+
+
+@pytest.mark.parametrize("copy_bias,penalty", [(2.0, 1.0), (1.6, 1.3)])
+def test_copy_biased_greedy_equals_reference_rollout(copy_bias, penalty):
+    params = toy_params(11)
+    ids, mask = left_padded_prompts(11, batch=4, width=5)
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=12,
+        eos_id=None,
+        pad_id=0,
+        greedy=True,
+        repetition_penalty=penalty,
+        encoder_repetition_penalty=copy_bias,
+        cache_chunks=2,
+    )
+    assert cfg.prompt_biased
+    out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(0))
+    want = copy_biased_greedy_rollout(params, ids, mask, 12, copy_bias, penalty)
+    np.testing.assert_array_equal(np.asarray(out.tokens), want)
+    plain = copy_biased_greedy_rollout(params, ids, mask, 12, 1.0, penalty)
+    assert not np.array_equal(want, plain)  # the bias changed something
+    in_prompt = [np.isin(row, p[m > 0]).mean() for row, p, m in zip(want, ids, mask)]
+    in_prompt_plain = [np.isin(row, p[m > 0]).mean() for row, p, m in zip(plain, ids, mask)]
+    assert np.mean(in_prompt) > np.mean(in_prompt_plain)  # ... towards the prompt's tokens
+
+
+def test_copy_bias_config_validation_and_off_by_default():
+    base = dict(max_new_tokens=4, eos_id=None, pad_id=0)
+    assert not sampling.SamplingConfig(**base).prompt_biased
+    for bad in (0.0, -1.5, True, "2"):
+        with pytest.raises(ConfigError, match="encoder_repetition_penalty"):
+            sampling.SamplingConfig(**base, encoder_repetition_penalty=bad)

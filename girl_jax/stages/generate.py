@@ -20,7 +20,7 @@ from girl_jax.data import io, prepare
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.stages import common, ppo, sft
-from girl_jax.stages.generator import Generator, best_of_n
+from girl_jax.stages.generator import GUARD_KEYS, Generator, best_of_n
 from girl_jax.stages.reward import reward_scorer
 
 
@@ -105,7 +105,7 @@ def run(config, workdir: str) -> dict:
             )
     io.write_parquet_atomic(out, os.path.join(out_dir, "generated.parquet"))
     info = {"seekers": len(out), "steps": steps, "greedy": bool(g.greedy)}
-    for key, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+    for key, off in GUARD_KEYS:
         if g.get(key, off) != off:  # the repetition guard, recorded only when on
             info[key] = g.get(key)
     if best_of > 0:

@@ -6,7 +6,8 @@ final hidden states). For a market seeker (`--seeker-id`) each line also shows t
 acceptance probability. `--json` prints the same as one JSON object (`generate_json`): the
 JDs with their fields as `girl_jax.data.market_text.parse_jd` reads them, and the closest jobs.
 Decoding uses the workdir config's repetition guard (`generate.repetition_penalty`,
-`generate.no_repeat_ngram_size`) unless `--repetition-penalty` / `--no-repeat-ngram-size` say.
+`generate.no_repeat_ngram_size`) and copy bias (`generate.encoder_repetition_penalty`) unless
+`--repetition-penalty` / `--no-repeat-ngram-size` / `--encoder-repetition-penalty` say.
 
 One name end to end: this command, the pipeline stage (`stages/generate.py`) and the
 `Generator` both use (`stages/generator.py`).
@@ -166,6 +167,7 @@ def main(args, overrides) -> None:
     guard = {
         "repetition_penalty": getattr(args, "repetition_penalty", None),
         "no_repeat_ngram_size": getattr(args, "no_repeat_ngram_size", None),
+        "encoder_repetition_penalty": getattr(args, "encoder_repetition_penalty", None),
     }
     n = max(1, args.num)
     gen_greedy = Generator.from_config(
@@ -258,9 +260,9 @@ def generate_json(cv, generator, guard, best_of, jds, closest, seeker_id=None) -
     """The `girl generate --json` object.
 
     ``{"cv", "generator", "seeker_id", "decoding": {"greedy_first", "best_of",
-    "repetition_penalty", "no_repeat_ngram_size"}, "jds": [{"kind", "text", "parsed" (see
-    `parsed_fields`, null when nothing parses), "repeated_sentences", "repeated_skills",
-    "oracle_match"?}],
+    "repetition_penalty", "no_repeat_ngram_size", "encoder_repetition_penalty"},
+    "jds": [{"kind", "text", "parsed" (see `parsed_fields`, null when nothing parses),
+    "repeated_sentences", "repeated_skills", "oracle_match"?}],
     "closest_jobs": [{"job_id", "similarity" (cosine to JD 1), "oracle_acceptance"?, "jd"}]}``
     """
     return {

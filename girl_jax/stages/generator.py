@@ -14,6 +14,13 @@ from girl_jax import sampling
 from girl_jax.data import batches
 from girl_jax.data import market as market_mod
 
+# The decoding options of `generate.*` that change greedy JDs, with the value that turns each off.
+GUARD_KEYS = (
+    ("repetition_penalty", 1.0),
+    ("no_repeat_ngram_size", 0),
+    ("encoder_repetition_penalty", 1.0),
+)
+
 
 class Generator:
     """Batched JD generation; one compile per (batch, prompt length), reused across calls."""
@@ -32,6 +39,7 @@ class Generator:
         top_p: float = 1.0,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
+        encoder_repetition_penalty: float = 1.0,
         batch_size: int = 64,
     ):
         self.tokenizer = tokenizer
@@ -46,6 +54,7 @@ class Generator:
             greedy=greedy,
             repetition_penalty=float(repetition_penalty),
             no_repeat_ngram_size=int(no_repeat_ngram_size),
+            encoder_repetition_penalty=float(encoder_repetition_penalty),
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
         )
@@ -55,11 +64,12 @@ class Generator:
     @classmethod
     def from_config(cls, graphdef, params, tokenizer, config, **kwargs) -> Generator:
         """A generator with the run's prompt and JD lengths (`sft.max_prompt_len`,
-        `ppo.max_new_tokens`) and repetition guard (`generate.repetition_penalty`,
-        `generate.no_repeat_ngram_size`; off when absent); `kwargs` are the sampling settings
-        and the batch size, and override the guard."""
+        `ppo.max_new_tokens`), repetition guard (`generate.repetition_penalty`,
+        `generate.no_repeat_ngram_size`) and copy bias (`generate.encoder_repetition_penalty`),
+        each off when absent (`GUARD_KEYS`); `kwargs` are the sampling settings and the batch
+        size, and override those."""
         g = config.get("generate") or {}
-        for key, off in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0)):
+        for key, off in GUARD_KEYS:
             if kwargs.get(key) is None:
                 kwargs[key] = g.get(key, off)
         return cls(

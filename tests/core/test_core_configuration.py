@@ -30,6 +30,10 @@ def test_variants_and_overrides():
         ("--config.ppo.minibatches=3", "config.ppo.minibatches"),
         ("--config.generate.repetition_penalty=0", "config.generate.repetition_penalty"),
         ("--config.generate.no_repeat_ngram_size=-1", "config.generate.no_repeat_ngram_size"),
+        (
+            "--config.generate.encoder_repetition_penalty=0",
+            "config.generate.encoder_repetition_penalty",
+        ),
     ],
 )
 def test_bad_overrides_name_the_key(override, match):
