@@ -217,6 +217,9 @@ def get_config(arg=None):
         # old log-probs: recompute (a full forward after sampling, exact PPO) | sampler (the
         # sampler's own, equal to ~1e-6 in float32: one actor forward fewer, docs/benchmarks.md)
         old_logprobs="recompute",
+        # > 1: rollouts drawn with a copy bias towards the CV's tokens (exploration; the loss and
+        # the greedy evaluation see the unbiased policy, docs/rl.md). 1.0: off.
+        rollout_copy_bias=1.0,
         # LoRA actor: train only the adapters, reference = actor with adapters off (one decoder
         # copy, docs/scale.md). None: on when model.lora_rank > 0; False: train every Param.
         shared_base=None,

@@ -160,6 +160,35 @@ def test_rollout_semantics_score_at_last_token_and_kl_zero_at_start():
     np.testing.assert_allclose(float(stats["proxy_reward"]), expected.mean(), rtol=1e-6)
 
 
+def test_rollout_copy_bias_explores_while_the_loss_sees_the_unbiased_policy():
+    """ppo.rollout_copy_bias: the rollouts are drawn with the prompt's tokens favoured, the old
+    log-probs (and the KL) are the unbiased actor's, recomputed; the greedy sampler never biases."""
+    cfg, st, frozen, _, batch, graphs = _setup(rollout_copy_bias=4.0)
+    scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
+    assert scfg.encoder_repetition_penalty == 4.0
+    assert ppo.sampling_config(cfg, Tok(), greedy=True).encoder_repetition_penalty == 1.0
+    plain = dataclasses.replace(scfg, encoder_repetition_penalty=1.0)
+    key = jax.random.key(0)
+    data, stats, out = ppo.step.rollout(st, frozen, batch, key, graphs=graphs, cfg=cfg, scfg=scfg)
+    _, _, out_plain = ppo.step.rollout(st, frozen, batch, key, graphs=graphs, cfg=cfg, scfg=plain)
+    m = np.asarray(out.mask)
+    # the sampler recorded the biased distribution's log-probs, the loss has the policy's own
+    assert np.abs((np.asarray(data["logp_old"]) - np.asarray(out.logprobs)) * m).max() > 1e-2
+    np.testing.assert_allclose(
+        np.asarray(data["logp_old"]), np.asarray(data["logp_ref"]), atol=1e-6
+    )
+    assert abs(float(stats["kl"])) < 1e-5
+    # ... and the biased rollouts hold more of the prompt's tokens than the plain ones
+    prompts = np.asarray(batch["prompt_ids"]), np.asarray(batch["prompt_mask"])
+
+    def copied(o):  # share of the generated tokens that are among the row's prompt tokens
+        rows = zip(np.asarray(o.tokens), np.asarray(o.mask), *prompts)
+        hits = [np.isin(t, p[pm > 0]) & (k > 0) for t, k, p, pm in rows]
+        return np.sum(hits) / max(np.asarray(o.mask).sum(), 1)
+
+    assert copied(out) > copied(out_plain)
+
+
 def test_old_logprobs_from_the_sampler_equal_a_recomputed_forward():
     """ppo.old_logprobs=sampler (opt-in) skips the actor's forward after sampling: the rollout's
     old log-probs, its KL and one whole iteration's update equal the recomputed path's."""
@@ -212,5 +241,12 @@ def test_config_errors_name_keys():
     c = get_config("smoke").ppo
     c.old_logprobs = "cached"
     with pytest.raises(ConfigError, match="old_logprobs must be sampler or recompute"):
+        ppo.PPOConfig.from_config(c)
+    c = get_config("smoke").ppo
+    c.rollout_copy_bias = 0.0
+    with pytest.raises(ConfigError, match="rollout_copy_bias must be > 0"):
+        ppo.PPOConfig.from_config(c)
+    c.rollout_copy_bias, c.old_logprobs = 1.5, "sampler"
+    with pytest.raises(ConfigError, match="rollout_copy_bias != 1 needs"):
         ppo.PPOConfig.from_config(c)
     assert dataclasses.is_dataclass(ppo.PPOConfig)

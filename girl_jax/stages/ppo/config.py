@@ -83,6 +83,11 @@ class PPOConfig:
     # ratio is exactly 1) | sampler (the log-probs the sampler computed while drawing each token,
     # same params and temperature, equal to float rounding: one actor forward fewer).
     old_logprobs: str = "recompute"
+    # Guided exploration: the rollouts drawn with a copy bias towards the CV's tokens (Hugging
+    # Face's encoder_repetition_penalty, `sampling.bias_to_prompt`; 1.0: off). The loss still
+    # scores the samples under the unbiased policy (old log-probs recomputed), so the bias acts
+    # as an exploration prior; the greedy evaluation never uses it.
+    rollout_copy_bias: float = 1.0
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -131,6 +136,13 @@ class PPOConfig:
             raise ConfigError("config.ppo.on_nonfinite must be stop or skip")
         if self.temperature <= 0:
             raise ConfigError("config.ppo.temperature must be > 0")
+        if isinstance(self.rollout_copy_bias, bool) or not self.rollout_copy_bias > 0:
+            raise ConfigError("config.ppo.rollout_copy_bias must be > 0 (1.0: off)")
+        if self.rollout_copy_bias != 1.0 and self.old_logprobs == "sampler":
+            raise ConfigError(
+                "config.ppo.rollout_copy_bias != 1 needs config.ppo.old_logprobs=recompute "
+                "(the sampler's log-probs are those of the biased rollout distribution)"
+            )
         if self.select not in ("last", "judge"):
             raise ConfigError(
                 "config.ppo.select must be last or judge (with reward.holdout_judge), "

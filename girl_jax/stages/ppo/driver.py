@@ -44,6 +44,7 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
         greedy=greedy,
         eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id,
+        encoder_repetition_penalty=1.0 if greedy else float(cfg.rollout_copy_bias),
     )
 
 
