@@ -187,6 +187,14 @@ def test_girl_generate_json(tiny_sft):
     sims = [j["similarity"] for j in jobs]
     assert sims == sorted(sims, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in sims)
     # the plain output shows the same greedy JD and jobs
+    # the same settings as overrides of the workdir's saved config
+    over = ["--no-repeat-ngram-size", "2", "--config.generate.encoder_repetition_penalty=1.5"]
+    again = run_cli([*argv, "--num", "1", "--json", *over])
+    assert again.code == 0, again.stderr[-3000:]
+    again = json.loads(again.stdout)
+    assert again["decoding"] == out["decoding"] and again["jds"][0] == out["jds"][0]
+    bad = run_cli([*argv, "--config.generate.nope=1"])
+    assert bad.code != 0 and "config.generate.nope" in bad.stderr
     plain = run_cli([*argv, "--num", "1", *guard])
     assert plain.code == 0, plain.stderr[-3000:]
     assert out["jds"][0]["text"] in plain.stdout

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from girl_jax.configuration import load_config
+from girl_jax.configuration import apply_override, load_config
 from girl_jax.data import market_taxonomy as tax
 from girl_jax.data import prepare
 from girl_jax.data.market_text import parse_jd
@@ -64,7 +64,10 @@ def load_workdir_config(workdir: str, spec: str | None, overrides):
         raise CheckpointError(
             f"{workdir} has no config.json: is it a girl workdir? (pass --config too)"
         )
-    return ml_collections.ConfigDict(json.load(open(path)))
+    config = ml_collections.ConfigDict(json.load(open(path)))
+    for item in overrides:  # --config.generate.x=... on top of the saved config
+        apply_override(config, item)
+    return config
 
 
 def embed_texts(graphdef, params, tok, texts, max_len: int = 128, batch: int = 64) -> np.ndarray:
