@@ -255,8 +255,14 @@ def test_varied_variant_is_the_default_but_its_text():
 
     default, varied = load_config("configs/default.py"), load_config("configs/default.py:varied")
     for key in default.keys():
-        if key not in ("data", "tokenizer", "ppo", "name"):
+        if key not in ("data", "tokenizer", "ppo", "generate", "name"):
             assert str(varied[key]) == str(default[key]), key
+    changed = {k for k in default.generate if varied.generate[k] != default.generate[k]}
+    assert changed == {"repetition_penalty", "no_repeat_ngram_size", "encoder_repetition_penalty"}
+    assert (
+        default.generate.encoder_repetition_penalty,
+        varied.generate.encoder_repetition_penalty,
+    ) == (1.0, 1.6)
     for key in default.ppo.keys():
         if key != "kl_coef":
             assert str(varied.ppo[key]) == str(default.ppo[key]), key
