@@ -142,16 +142,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not isinstance(value, int) or (value < 1 and value != -1):
             raise ConfigError(f"config.mesh.{axis} must be a positive integer or -1, got {value!r}")
     gen = config.get("generate", {})
-    penalty = gen.get("repetition_penalty", 1.0)
-    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty > 0:
-        raise ConfigError(
-            f"config.generate.repetition_penalty must be > 0 (1: off), got {penalty!r}"
-        )
-    copy_bias = gen.get("encoder_repetition_penalty", 1.0)
-    if isinstance(copy_bias, bool) or not isinstance(copy_bias, int | float) or not copy_bias > 0:
-        raise ConfigError(
-            f"config.generate.encoder_repetition_penalty must be > 0 (1: off), got {copy_bias!r}"
-        )
+    for key in ("repetition_penalty", "encoder_repetition_penalty"):
+        penalty = gen.get(key, 1.0)
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty > 0:
+            raise ConfigError(f"config.generate.{key} must be > 0 (1: off), got {penalty!r}")
     ngram = gen.get("no_repeat_ngram_size", 0)
     if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
         raise ConfigError(

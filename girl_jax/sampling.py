@@ -111,20 +111,12 @@ class SamplingConfig:
             not _is_int(self.cache_chunks) or self.cache_chunks < 1
         ):
             bad("cache_chunks", "None or an int >= 1")
-        if not (
-            isinstance(self.repetition_penalty, (int, float))
-            and not isinstance(self.repetition_penalty, bool)
-            and self.repetition_penalty > 0
-        ):
-            bad("repetition_penalty", "a number > 0 (1.0 disables)")
+        for field in ("repetition_penalty", "encoder_repetition_penalty"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                bad(field, "a number > 0 (1.0 disables)")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             bad("no_repeat_ngram_size", "an int >= 0 (0 disables)")
-        if not (
-            isinstance(self.encoder_repetition_penalty, (int, float))
-            and not isinstance(self.encoder_repetition_penalty, bool)
-            and self.encoder_repetition_penalty > 0
-        ):
-            bad("encoder_repetition_penalty", "a number > 0 (1.0 disables)")
 
 
 def _is_int(x) -> bool:

@@ -261,7 +261,11 @@ def main(argv=None) -> int:
     for name in generators:
         if name not in ("ppo", "sft"):
             ap.error(f"--generator: ppo or sft, got {name!r}")
-    cvs = load_cvs(args.cv_dir, args.only.split(",") if args.only else None, args.limit)
+    cvs = (  # the hand-written CVs are not even read when tuning on market CVs
+        []
+        if args.no_free_text
+        else load_cvs(args.cv_dir, args.only.split(",") if args.only else None, args.limit)
+    )
     if args.lowercase:
         cvs = [{**cv, "text": cv["text"].lower()} for cv in cvs]
     sets = [] if args.no_free_text else [("free_text", cvs, None)]

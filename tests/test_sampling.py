@@ -539,14 +539,17 @@ def test_guard_logits_ngram_longer_than_buffer_bans_nothing():
     )
 
 
-def guarded_greedy_rollout(params, ids, mask, n_new, penalty, ngram):
-    """`greedy_rollout` of the toy model with `np_guard` applied to each step's logits."""
+def guarded_greedy_rollout(params, ids, mask, n_new, penalty, ngram, copy_bias=1.0):
+    """`greedy_rollout` of the toy model with `np_guard` applied to each step's logits, after
+    the prompt's copy bias (`np_bias_to_prompt`) when `copy_bias` != 1, as Hugging Face does."""
     forward = jax.jit(lambda i, m: toy_full_forward(params, i, m))
     B, P = ids.shape
     seq = np.concatenate([ids, np.zeros((B, n_new), np.int32)], 1)
     seq_mask = np.concatenate([mask, np.zeros((B, n_new), np.int32)], 1)
     for i in range(n_new):
         logits = np.asarray(forward(jnp.asarray(seq), jnp.asarray(seq_mask))[:, P - 1 + i])
+        if copy_bias != 1.0:
+            logits = np_bias_to_prompt(logits, ids, mask, copy_bias)
         seq[:, P + i] = np.argmax(np_guard(logits, seq[:, P:], i, penalty, ngram), -1)
         seq_mask[:, P + i] = 1
     return seq[:, P:]
@@ -689,20 +692,6 @@ def test_bias_to_prompt_matches_numpy_and_hugging_face(penalty):
     np.testing.assert_allclose(got[unpadded], want, rtol=1e-6)
 
 
-def copy_biased_greedy_rollout(params, ids, mask, n_new, copy_bias, penalty):
-    """`guarded_greedy_rollout` with the prompt's copy bias applied first, as Hugging Face does."""
-    forward = jax.jit(lambda i, m: toy_full_forward(params, i, m))
-    B, P = ids.shape
-    seq = np.concatenate([ids, np.zeros((B, n_new), np.int32)], 1)
-    seq_mask = np.concatenate([mask, np.zeros((B, n_new), np.int32)], 1)
-    for i in range(n_new):
-        logits = np.asarray(forward(jnp.asarray(seq), jnp.asarray(seq_mask))[:, P - 1 + i])
-        logits = np_bias_to_prompt(logits, ids, mask, copy_bias)
-        seq[:, P + i] = np.argmax(np_guard(logits, seq[:, P:], i, penalty, 0), -1)
-        seq_mask[:, P + i] = 1
-    return seq[:, P:]
-
-
 @pytest.mark.parametrize("copy_bias,penalty", [(2.0, 1.0), (1.6, 1.3)])
 def test_copy_biased_greedy_equals_reference_rollout(copy_bias, penalty):
     params = toy_params(11)
@@ -718,9 +707,9 @@ def test_copy_biased_greedy_equals_reference_rollout(copy_bias, penalty):
     )
     assert cfg.prompt_biased
     out = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, jax.random.key(0))
-    want = copy_biased_greedy_rollout(params, ids, mask, 12, copy_bias, penalty)
+    want = guarded_greedy_rollout(params, ids, mask, 12, penalty, 0, copy_bias=copy_bias)
     np.testing.assert_array_equal(np.asarray(out.tokens), want)
-    plain = copy_biased_greedy_rollout(params, ids, mask, 12, 1.0, penalty)
+    plain = guarded_greedy_rollout(params, ids, mask, 12, penalty, 0)
     assert not np.array_equal(want, plain)  # the bias changed something
     in_prompt = [np.isin(row, p[m > 0]).mean() for row, p, m in zip(want, ids, mask)]
     in_prompt_plain = [np.isin(row, p[m > 0]).mean() for row, p, m in zip(plain, ids, mask)]

@@ -34,7 +34,7 @@ from girl_jax.errors import CheckpointError, DataError
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.stages import common, ppo, sft
-from girl_jax.stages.generator import Generator, best_of_n
+from girl_jax.stages.generator import GUARD_KEYS, Generator, best_of_n
 from girl_jax.stages.reward import reward_scorer
 
 
@@ -167,11 +167,7 @@ def main(args, overrides) -> None:
     config = load_workdir_config(workdir, args.config, overrides)
     data, graphdef, params = load_generator(workdir, config, args.generator)
     tok = data.tokenizer
-    guard = {
-        "repetition_penalty": getattr(args, "repetition_penalty", None),
-        "no_repeat_ngram_size": getattr(args, "no_repeat_ngram_size", None),
-        "encoder_repetition_penalty": getattr(args, "encoder_repetition_penalty", None),
-    }
+    guard = {key: getattr(args, key, None) for key, _ in GUARD_KEYS}  # None: the config's
     n = max(1, args.num)
     gen_greedy = Generator.from_config(
         graphdef,
