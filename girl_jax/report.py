@@ -52,6 +52,19 @@ def build_results(workdir: str) -> dict:
     return res
 
 
+def _generated_rows(gen: dict) -> list[str]:
+    """True match over all seekers, SFT -> PPO, as decoded and (when it differs) greedy."""
+    rows = []
+    for suffix, how in (("", "as decoded"), ("_greedy", "greedy policy")):
+        sft, ppo = gen.get(f"true_match_sft{suffix}"), gen.get(f"true_match_ppo{suffix}")
+        if sft is not None and ppo is not None:
+            rows.append(
+                f"| true match, all seekers, SFT -> PPO ({how}) | {_fmt(sft)} -> {_fmt(ppo)} "
+                f"({ppo - sft:+.4f}) |"
+            )
+    return rows
+
+
 def _fmt(x, nd=4):
     return "n/a" if x is None else f"{x:.{nd}f}"
 
@@ -281,6 +294,7 @@ def render(workdir: str) -> str:
         f"{_fmt(p.get('proxy_reward_end'))} |",
         f"| PPO true match rate start -> end | {_fmt(p.get('true_match_rate_start'))} -> "
         f"{_fmt(p.get('true_match_rate_end'))} |",
+        *_generated_rows(res["generated"]),
         f"| PPO final KL | {_fmt(p.get('kl_end'))} |",
         f"| PPO reward | `{p.get('reward') or 'model'}` |",
         "",

@@ -2,7 +2,11 @@
 
 Writes WORKDIR/generated/generated.parquet (seeker_id, cv, jd_sft, jd_ppo and, for the market,
 their oracle true-match probabilities) plus final.json with the generators' checkpoint steps.
-Decoding follows `config.generate`, its repetition guard included (`Generator.from_config`).
+Decoding follows `config.generate`, its repetition guard and copy bias included
+(`Generator.from_config`). When that decoding is not plain greedy and the data is the market,
+`generate.policy_eval` also writes each generator's plain greedy JDs (`jd_sft_greedy`,
+`jd_ppo_greedy`) and their true match: the policy's own figure, the one PPO is judged by
+(decoding with a copy bias lifts SFT and PPO alike and would hide what RL added).
 """
 
 from __future__ import annotations
@@ -46,33 +50,32 @@ def run(config, workdir: str) -> dict:
         "sft": lambda: sft.load_final_params(workdir, config, tok.vocab_size),
         "ppo": lambda: ppo.load_final_actor(workdir, config, data, mesh, rules),
     }
+    plain = bool(g.greedy) and all(g.get(k, off) == off for k, off in GUARD_KEYS)
+    decodings = {"": dict(greedy=g.greedy, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)}
+    if data.market is not None and g.get("policy_eval", False) and not plain:
+        decodings["_greedy"] = dict(greedy=True, **{k: off for k, off in GUARD_KEYS})
     for name, load in generators.items():
-        part = os.path.join(out_dir, f"jd_{name}.parquet")
         steps[name] = ckpt_mod.read_final(os.path.join(workdir, name), name)["step"]
-        if not os.path.isfile(part):  # resume: one generator's output survives a kill
-            graphdef, params = load()
-            gen = Generator.from_config(
-                graphdef,
-                params,
-                tok,
-                config,
-                greedy=g.greedy,
-                temperature=g.temperature,
-                top_k=g.top_k,
-                top_p=g.top_p,
-                batch_size=g.batch_size,
-            )
-            texts = gen.generate(
-                list(seekers["cv"]), common.fold_rng(config.seed, f"gen-{name}", 0)
-            )
-            io.write_parquet_atomic(
-                pd.DataFrame({"seeker_id": seekers["seeker_id"], f"jd_{name}": texts}), part
-            )
-        out[f"jd_{name}"] = pd.read_parquet(part)[f"jd_{name}"].to_numpy()
-        if data.market is not None:
-            out[f"true_match_{name}"] = data.market.true_match(
-                out["seeker_id"].to_numpy(), list(out[f"jd_{name}"])
-            )
+        loaded = None
+        for suffix, decoding in decodings.items():
+            col = f"jd_{name}{suffix}"
+            part = os.path.join(out_dir, f"{col}.parquet")
+            if not os.path.isfile(part):  # resume: each decoding's output survives a kill
+                loaded = loaded or load()
+                gen = Generator.from_config(
+                    *loaded, tok, config, batch_size=g.batch_size, **decoding
+                )
+                texts = gen.generate(
+                    list(seekers["cv"]), common.fold_rng(config.seed, f"gen-{name}", 0)
+                )
+                io.write_parquet_atomic(
+                    pd.DataFrame({"seeker_id": seekers["seeker_id"], col: texts}), part
+                )
+            out[col] = pd.read_parquet(part)[col].to_numpy()
+            if data.market is not None:
+                out[f"true_match_{name}{suffix}"] = data.market.true_match(
+                    out["seeker_id"].to_numpy(), list(out[col])
+                )
     best_of = int(g.get("best_of", 0))
     if best_of > 0:  # baseline: best of n SFT samples by the reward model
         part = os.path.join(out_dir, f"jd_bon{best_of}.parquet")
@@ -111,8 +114,11 @@ def run(config, workdir: str) -> dict:
     if best_of > 0:
         info["best_of"] = best_of
     for name in generators:
-        if f"true_match_{name}" in out:
-            info[f"true_match_{name}"] = float(np.mean(out[f"true_match_{name}"]))
+        for suffix in decodings:
+            if f"true_match_{name}{suffix}" in out:
+                info[f"true_match_{name}{suffix}"] = float(
+                    np.mean(out[f"true_match_{name}{suffix}"])
+                )
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(final_path, info)
     return info
