@@ -262,7 +262,7 @@ def test_generator_from_config_reads_the_guard():
         def __init__(self, *args, **kwargs):
             self.kwargs = kwargs
 
-    config = load_config(os.path.join(ROOT, "configs", "default.py"))
+    config = load_config(os.path.join(ROOT, "configs", "default.py:plain"))  # guard and copy off
     assert config.generate.repetition_penalty == 1.0 and config.generate.no_repeat_ngram_size == 0
     config.generate.no_repeat_ngram_size = 3
     kw = Recorder.from_config(None, None, None, config, no_repeat_ngram_size=None).kwargs
@@ -282,3 +282,22 @@ def test_generator_from_config_reads_the_guard():
     assert (kw["repetition_penalty"], kw["no_repeat_ngram_size"]) == (1.0, 0)
     assert kw["encoder_repetition_penalty"] == 1.0
     assert kw["max_new_tokens"] == config.ppo.max_new_tokens
+
+
+def test_generated_stage_scores_greedy_jds_only_when_the_decoding_is_not_greedy():
+    from girl_jax.configuration import load_config
+    from girl_jax.stages.generate import stage_decodings
+
+    g = load_config(os.path.join(ROOT, "configs", "default.py")).generate
+    out = stage_decodings(g, market=True)
+    assert out[""]["greedy"] and set(out) == {"", "_greedy"}
+    assert out["_greedy"] == dict(
+        greedy=True, repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_repetition_penalty=1.0
+    )
+    assert set(stage_decodings(g, market=False)) == {""}  # user data: no oracle to score it
+    g.policy_eval = False
+    assert set(stage_decodings(g, market=True)) == {""}
+    plain = load_config(os.path.join(ROOT, "configs", "default.py:plain")).generate
+    assert set(stage_decodings(plain, market=True)) == {""}  # already plain greedy
+    plain.greedy = False  # sampled JDs: the greedy policy is scored beside them
+    assert set(stage_decodings(plain, market=True)) == {"", "_greedy"}

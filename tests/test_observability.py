@@ -15,6 +15,7 @@ import types
 
 import ml_collections
 import numpy as np
+import pandas as pd
 import pytest
 
 from girl_jax.errors import ConfigError
@@ -377,6 +378,19 @@ def test_results_json_schema(run_dir):
 
     _recommender_table(res["recommender"], "recommender")
     _recommender_table(res["recommender_cold_start"], "recommender_cold_start")
+
+    # the default decodes with the copy bias and the guard, so the generated stage also scores
+    # plain greedy JDs (generate.policy_eval): both pairs in results.json, both rows in report.md
+    g = res["generated"]
+    names = [f"true_match_{n}{s}" for n in ("sft", "ppo") for s in ("", "_greedy")]
+    assert set(names) <= set(g), f"generated lacks {sorted(set(names) - set(g))}"
+    df = pd.read_parquet(os.path.join(run_dir, "generated", "generated.parquet"))
+    for name in names:
+        assert g[name] == pytest.approx(float(df[name].mean()))
+    for n in ("sft", "ppo"):
+        assert (df[f"jd_{n}"] != df[f"jd_{n}_greedy"]).any()  # two decodings, two texts
+    report = open(os.path.join(run_dir, "report.md")).read()
+    assert "SFT -> PPO (as decoded)" in report and "SFT -> PPO (greedy policy)" in report
 
     t = res["timings_s"]
     assert {"data", "sft", "reward", "ppo", "generated", "recommend"} <= set(t)

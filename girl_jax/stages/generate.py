@@ -33,6 +33,16 @@ def all_seekers(data) -> pd.DataFrame:
     return df.sort_values("seeker_id").reset_index(drop=True)
 
 
+def stage_decodings(g, market: bool) -> dict[str, dict]:
+    """{column suffix: Generator settings}: `config.generate`'s decoding, and plain greedy
+    decoding too ("_greedy") when that differs, the oracle can score it and `policy_eval` is on."""
+    out = {"": dict(greedy=g.greedy, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)}
+    plain = bool(g.greedy) and all(g.get(k, off) == off for k, off in GUARD_KEYS)
+    if market and g.get("policy_eval", False) and not plain:
+        out["_greedy"] = dict(greedy=True, **{k: off for k, off in GUARD_KEYS})
+    return out
+
+
 def run(config, workdir: str) -> dict:
     out_dir = common.stage_dir(workdir, "generated")
     final_path = os.path.join(out_dir, "final.json")
@@ -50,10 +60,7 @@ def run(config, workdir: str) -> dict:
         "sft": lambda: sft.load_final_params(workdir, config, tok.vocab_size),
         "ppo": lambda: ppo.load_final_actor(workdir, config, data, mesh, rules),
     }
-    plain = bool(g.greedy) and all(g.get(k, off) == off for k, off in GUARD_KEYS)
-    decodings = {"": dict(greedy=g.greedy, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)}
-    if data.market is not None and g.get("policy_eval", False) and not plain:
-        decodings["_greedy"] = dict(greedy=True, **{k: off for k, off in GUARD_KEYS})
+    decodings = stage_decodings(g, market=data.market is not None)
     for name, load in generators.items():
         steps[name] = ckpt_mod.read_final(os.path.join(workdir, name), name)["step"]
         loaded = None

@@ -55,7 +55,7 @@ def test_none_trains_exactly_the_tokenizer_of_before(texts):
 def test_market_text_and_what_the_normaliser_does_to_it(texts, tok):
     # The plain market text is ASCII, so NFKC changes nothing, but it is NOT all lower case
     # (sentence starts, "Dublin", "Bramble And Co"): nfkc_lower therefore trains another
-    # vocabulary than today's, which is why the default config keeps normalize="none".
+    # vocabulary than the plain market's; `:plain` keeps normalize="none" (its ids unchanged).
     assert all(t.isascii() and unicodedata.normalize("NFKC", t) == t for t in texts)
     assert all(t != t.lower() for t in texts)
     # On the market's text lower-cased, nfkc_lower and no normaliser give IDENTICAL ids ...
@@ -120,8 +120,9 @@ def test_unknown_normaliser_is_an_error(texts):
 
 
 def test_data_stage_threads_normalize_and_text_variation(tmp_path):
-    config = load_config("configs/default.py:smoke")
+    config = load_config("configs/default.py:plain+smoke")
     assert config.tokenizer.normalize == "none" and config.data.text_variation == 0.0
+    assert load_config("configs/default.py:smoke").tokenizer.normalize == "nfkc_lower"
     config.data.update(num_seekers=120, num_jobs=30)
     plain = prepare.prepare(config, str(tmp_path / "plain"))
     assert "text_variation" not in plain["market_config"]  # final.json as before

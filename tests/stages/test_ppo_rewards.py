@@ -249,25 +249,37 @@ def test_gold_variant_is_the_default_but_ppo():
     assert (cfg.temperature, cfg.batch_size, cfg.kl_coef) == (0.35, 256, 0.0)
 
 
-def test_varied_variant_is_the_default_but_its_text():
+def test_plain_variant_is_the_default_but_its_text_and_decoding():
     from girl_jax.configuration import load_config
     from girl_jax.data import prepare
 
-    default, varied = load_config("configs/default.py"), load_config("configs/default.py:varied")
+    default, plain = load_config("configs/default.py"), load_config("configs/default.py:plain")
+    varied = load_config("configs/default.py:varied")  # the default's name until 2026-12-04
+    assert {k: v for k, v in varied.to_dict().items() if k != "name"} == {
+        k: v for k, v in default.to_dict().items() if k != "name"
+    }
     for key in default.keys():
         if key not in ("data", "tokenizer", "ppo", "generate", "name"):
-            assert str(varied[key]) == str(default[key]), key
-    changed = {k for k in default.generate if varied.generate[k] != default.generate[k]}
+            assert str(plain[key]) == str(default[key]), key
+    changed = {k for k in default.generate if plain.generate[k] != default.generate[k]}
     assert changed == {"repetition_penalty", "no_repeat_ngram_size", "encoder_repetition_penalty"}
     assert (
         default.generate.encoder_repetition_penalty,
-        varied.generate.encoder_repetition_penalty,
-    ) == (1.0, 1.6)
+        plain.generate.encoder_repetition_penalty,
+    ) == (1.6, 1.0)
+    assert default.generate.policy_eval  # the generated stage also scores greedy JDs
     for key in default.ppo.keys():
         if key != "kl_coef":
-            assert str(varied.ppo[key]) == str(default.ppo[key]), key
-    assert (default.ppo.kl_coef, varied.ppo.kl_coef) == (0.05, 0.1)
-    kwargs = prepare._market_kwargs(varied)
+            assert str(plain.ppo[key]) == str(default.ppo[key]), key
+    assert (default.ppo.kl_coef, plain.ppo.kl_coef) == (0.1, 0.05)
+    kwargs = prepare._market_kwargs(default)
     assert (kwargs["text_variation"], kwargs["jd_text_variation"]) == (1.0, 0.0)
-    assert prepare._market_kwargs(default)["jd_text_variation"] is None  # as the CVs
-    assert varied.tokenizer.normalize == "nfkc_lower"
+    kwargs = prepare._market_kwargs(plain)
+    assert (kwargs["text_variation"], kwargs["jd_text_variation"]) == (0.0, None)  # as the CVs
+    assert (default.tokenizer.normalize, plain.tokenizer.normalize) == ("nfkc_lower", "none")
+    # variants join with "+": the gold recipe on the plain market, smoke sizes on either
+    plain_gold = load_config("configs/default.py:plain+gold")
+    assert plain_gold.ppo.reward == "oracle" and plain_gold.data.text_variation == 0.0
+    assert load_config("configs/default.py:plain+smoke").sft.steps == 40
+    with pytest.raises(ConfigError, match="unknown variant 'bogus'"):
+        load_config("configs/default.py:plain+bogus")
