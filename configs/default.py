@@ -171,7 +171,8 @@ def get_config(arg=None):
         # GRPO, 16 samples per CV at temperature 0.7, against the RM trained with synthetic
         # negatives: the setting that raised the true match rate (docs/rl.md, "What works";
         # 16 rather than 8 samples per CV, then 8 CVs rather than 4 per iteration: each better
-        # on all 3 seeds, +0.055 / +0.163 / +0.081 over SFT).
+        # on all 3 seeds of the plain market, +0.055 / +0.163 / +0.081 over SFT; on the varied
+        # market with kl_coef 0.1, +0.073 / +0.065 / +0.078; 20 iterations: less, docs/data.md).
         iterations=40,
         batch_size=128,  # samples per iteration (batch_size / group_size CVs)
         group_size=16,  # k samples per CV (grpo / rloo need k > 1)

@@ -173,7 +173,7 @@ def test_girl_generate_json(tiny_sft):
     assert out["decoding"] == {
         "greedy_first": True,
         "best_of": 0,
-        "repetition_penalty": 1.0,
+        "repetition_penalty": 1.2,  # the workdir's config (the default's); the rest: flags
         "no_repeat_ngram_size": 2,
         "encoder_repetition_penalty": 1.5,
     }
@@ -201,13 +201,19 @@ def test_girl_generate_json(tiny_sft):
     assert all(f"[job {j['job_id']}]" in plain.stdout for j in jobs)
 
 
+PLAIN = ("--repetition-penalty", "1.0", "--encoder-repetition-penalty", "1.0")  # guard, copy off
+
+
 @pytest.mark.slow
 def test_free_text_eval_on_a_tiny_workdir(tiny_sft, tmp_path, capsys):
     only = "data_01.txt,nursing_01.txt,teaching_02.txt"
     out = str(tmp_path / "eval.json")
     argv = ["--workdir", tiny_sft, "--generator", "sft", "--only", only, "--json-out", out]
     assert (
-        free_text_eval.main([*argv, "--no-repeat-ngram-size", "0,3", "--market-seekers", "4"]) == 0
+        free_text_eval.main(
+            [*argv, *PLAIN, "--no-repeat-ngram-size", "0,3", "--market-seekers", "4"]
+        )
+        == 0
     )
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0].startswith(
@@ -240,6 +246,7 @@ def test_free_text_eval_on_a_tiny_workdir(tiny_sft, tmp_path, capsys):
     # tuning a decoding setting on the market CVs alone: no hand-written CV is read
     tune = ["--workdir", tiny_sft, "--generator", "sft", "--json-out", out, "--no-free-text"]
     argv = [*tune, "--market-seekers", "4", "--encoder-repetition-penalty", "1.0,3.0"]
+    argv += ["--repetition-penalty", "1.0", "--no-repeat-ngram-size", "0"]
     assert free_text_eval.main(argv) == 0
     table = capsys.readouterr().out.strip().splitlines()
     assert "| encoder_repetition_penalty |" in table[0] and len(table) == 4
