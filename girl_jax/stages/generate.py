@@ -108,7 +108,6 @@ def run(config, workdir: str) -> dict:
                 pd.DataFrame({"seeker_id": seekers["seeker_id"], "jd_bon": texts}), part
             )
         out["jd_bon"] = pd.read_parquet(part)["jd_bon"].to_numpy()
-        generators["bon"] = None
         if data.market is not None:
             out["true_match_bon"] = data.market.true_match(
                 out["seeker_id"].to_numpy(), list(out["jd_bon"])
@@ -120,12 +119,7 @@ def run(config, workdir: str) -> dict:
             info[key] = g.get(key)
     if best_of > 0:
         info["best_of"] = best_of
-    for name in generators:
-        for suffix in decodings:
-            if f"true_match_{name}{suffix}" in out:
-                info[f"true_match_{name}{suffix}"] = float(
-                    np.mean(out[f"true_match_{name}{suffix}"])
-                )
+    info.update({c: float(np.mean(out[c])) for c in out if c.startswith("true_match_")})
     if jax.process_index() == 0:
         ckpt_mod.write_json_atomic(final_path, info)
     return info
