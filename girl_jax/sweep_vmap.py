@@ -168,6 +168,7 @@ def _run_group(cells, console) -> float:
     ids, mask = batches.encode_prompts(
         tok, list(seekers["cv"]), max_prompt_len=config.sft.max_prompt_len
     )
+    ids, mask = batches.trim_prompts(ids, mask)  # the driver's width: the same rollouts
     prompts = {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
     per_iter = cfg.batch_size // cfg.group_size
     iters = [

@@ -168,6 +168,26 @@ def encode_prompts(tokenizer, cvs, *, max_prompt_len: int) -> tuple[np.ndarray, 
     return _fill(rows, max_prompt_len, tokenizer.pad_id, left=True)
 
 
+def trim_prompts(ids_NxP, mask_NxP, *, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts cut to the width their longest row needs, rounded up to `multiple`
+    (never wider than given): the leading columns dropped are padding in every row.
+
+    The same sequences at fewer positions (positions count the mask, `prompt_positions`), so the
+    sampler's prefill, its KV cache and every forward over prompt + response get shorter: the
+    default market's CVs need <= 104 of `sft.max_prompt_len` 128 tokens.
+    """
+    if multiple < 1:
+        raise ConfigError(f"trim_prompts: multiple={multiple} must be >= 1")
+    P = np.shape(mask_NxP)[1]
+    out = trim_to_bucket(
+        {"ids": ids_NxP, "mask": mask_NxP},
+        range(multiple, P + multiple, multiple),
+        mask_key="mask",
+        left=True,
+    )
+    return out["ids"], out["mask"]
+
+
 def decode_responses(tokenizer, tokens_NxT, mask_NxT) -> list[str]:
     """Texts of sampled responses: masked-out tokens dropped, each stops at its first eos."""
     tokens_NxT, mask_NxT = np.asarray(tokens_NxT), np.asarray(mask_NxT)

@@ -82,7 +82,12 @@ class Generator:
         )
 
     def encode(self, cvs):
-        return batches.encode_prompts(self.tokenizer, list(cvs), max_prompt_len=self.max_prompt_len)
+        """Left-padded prompts at the width the longest of `cvs` needs (`batches.trim_prompts`):
+        one compile per (batch, width), the same JDs as at `max_prompt_len` up to rounding."""
+        ids, mask = batches.encode_prompts(
+            self.tokenizer, list(cvs), max_prompt_len=self.max_prompt_len
+        )
+        return batches.trim_prompts(ids, mask)
 
     def sample_arrays(self, ids, mask, rng):
         """One batch of already-encoded prompts -> SampleOutput (device arrays)."""

@@ -144,3 +144,21 @@ def test_bucket_lengths_and_trim(tok, pairs):
     )
     assert left["mask"].sum() == mask.sum()
     np.testing.assert_array_equal(left["ids"], ids[:, 128 - left["ids"].shape[1] :])
+
+
+def test_trim_prompts_drops_only_common_left_padding(tok, pairs):
+    cvs, _ = pairs
+    ids, mask = batches.encode_prompts(tok, cvs, max_prompt_len=128)
+    needed = int(mask.sum(1).max())
+    t_ids, t_mask = batches.trim_prompts(ids, mask, multiple=8)
+    width = t_ids.shape[1]
+    assert width % 8 == 0 and needed <= width < needed + 8
+    assert t_mask.sum() == mask.sum()  # every token kept
+    np.testing.assert_array_equal(t_ids, ids[:, 128 - width :])
+    np.testing.assert_array_equal(t_mask, mask[:, 128 - width :])
+    assert (mask[:, : 128 - width] == 0).all()
+    # never wider than given, and a width that needs no cut is left alone
+    w_ids, _ = batches.trim_prompts(ids[:, -needed:], mask[:, -needed:], multiple=1000)
+    assert w_ids.shape[1] == needed
+    with pytest.raises(ConfigError, match="multiple"):
+        batches.trim_prompts(ids, mask, multiple=0)

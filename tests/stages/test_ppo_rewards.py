@@ -269,9 +269,10 @@ def test_plain_variant_is_the_default_but_its_text_and_decoding():
     ) == (1.6, 1.0)
     assert default.generate.policy_eval  # the generated stage also scores greedy JDs
     for key in default.ppo.keys():
-        if key != "kl_coef":
+        if key not in ("kl_coef", "iterations"):
             assert str(plain.ppo[key]) == str(default.ppo[key]), key
     assert (default.ppo.kl_coef, plain.ppo.kl_coef) == (0.1, 0.05)
+    assert (default.ppo.iterations, plain.ppo.iterations) == (30, 40)
     kwargs = prepare._market_kwargs(default)
     assert (kwargs["text_variation"], kwargs["jd_text_variation"]) == (1.0, 0.0)
     kwargs = prepare._market_kwargs(plain)

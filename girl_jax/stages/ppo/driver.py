@@ -117,6 +117,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     cv_by_id = dict(zip(seekers["seeker_id"].to_numpy().tolist(), seekers["cv"]))
     P = config.sft.max_prompt_len
     ids, mask = batches.encode_prompts(tok, list(seekers["cv"]), max_prompt_len=P)
+    # one width for every iteration (one compile): what the longest training CV needs
+    ids, mask = batches.trim_prompts(ids, mask)
     prompts = {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
     per_iter = cfg.batch_size // cfg.group_size
     it = pipeline.make_iterator(prompts, batch_size=per_iter, seed=config.seed + 2)
