@@ -466,3 +466,27 @@ def test_wandb_writer_mirrors_metric_writer_calls(monkeypatch, tmp_path):
     step, data = run.logged[1]
     assert step == 4 and data["ppo/samples"].data == [[4, "a generated JD"]]
     assert len(run.logged) == 2 and run.finished
+
+
+def test_ppo_iteration_profile_script(run_dir, tmp_path, capsys):
+    """scripts/ppo_iteration_profile.py times an iteration's pieces at both prompt widths."""
+    import importlib.util
+
+    path = os.path.join(ROOT, "scripts", "ppo_iteration_profile.py")
+    spec = importlib.util.spec_from_file_location("ppo_iteration_profile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = os.path.join(ROOT, "configs", "default.py") + ":smoke"
+    out = str(tmp_path / "profile.json")
+    args = ["--workdir", run_dir, "--config", config, "--iterations", "1", "--json-out", out]
+    assert mod.main(args) == 0
+    res = json.load(open(out))
+    from girl_jax.configuration import load_config
+
+    P = load_config(config).sft.max_prompt_len
+    assert res["widths"]["full"] == P
+    assert 8 <= res["widths"]["trimmed"] <= P and res["widths"]["trimmed"] % 8 == 0
+    for width in ("full", "trimmed"):
+        for piece in ("sample", "score", "update", "fused"):
+            assert res["median_s"][width][piece] > 0 and res["first_call_s"][width][piece] > 0
+    assert "fused iteration, full width / trimmed" in capsys.readouterr().out
