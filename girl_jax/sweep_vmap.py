@@ -165,11 +165,7 @@ def _run_group(cells, console) -> float:
 
     seekers = data.seekers("train")
     cv_by_id = dict(zip(seekers["seeker_id"].to_numpy().tolist(), seekers["cv"]))
-    ids, mask = batches.encode_prompts(
-        tok, list(seekers["cv"]), max_prompt_len=config.sft.max_prompt_len
-    )
-    ids, mask = batches.trim_prompts(ids, mask)  # the driver's width: the same rollouts
-    prompts = {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
+    prompts = ppo.driver.training_prompts(config, tok, seekers)  # the driver's: same rollouts
     per_iter = cfg.batch_size // cfg.group_size
     iters = [
         pipeline.make_iterator(prompts, batch_size=per_iter, seed=c.config.seed + 2) for c in cells

@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=3, help="timed batches per width")
     ap.add_argument("--json-out", default="")
     args = ap.parse_args(argv)
+    if args.iterations < 1:
+        ap.error("--iterations must be >= 1")
 
     import jax
     import numpy as np

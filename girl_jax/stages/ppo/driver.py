@@ -48,6 +48,17 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
     )
 
 
+def training_prompts(config, tokenizer, seekers) -> dict:
+    """PPO's prompts {prompt_ids, prompt_mask [N, P'], seeker_id [N]} for the training seekers:
+    left-padded, cut once to the width the longest CV needs (`batches.trim_prompts`), so every
+    iteration has one shape (one compile). The driver and `girl sweep --vmap` read these."""
+    ids, mask = batches.encode_prompts(
+        tokenizer, list(seekers["cv"]), max_prompt_len=config.sft.max_prompt_len
+    )
+    ids, mask = batches.trim_prompts(ids, mask)
+    return {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
+
+
 def build_state(
     config, mesh, rules, *, vocab_size: int, abstract: bool, workdir: str | None = None
 ) -> PPOBuilt:
@@ -115,11 +126,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
     seekers = data.seekers("train")
     cv_by_id = dict(zip(seekers["seeker_id"].to_numpy().tolist(), seekers["cv"]))
-    P = config.sft.max_prompt_len
-    ids, mask = batches.encode_prompts(tok, list(seekers["cv"]), max_prompt_len=P)
-    # one width for every iteration (one compile): what the longest training CV needs
-    ids, mask = batches.trim_prompts(ids, mask)
-    prompts = {"prompt_ids": ids, "prompt_mask": mask, "seeker_id": seekers["seeker_id"].to_numpy()}
+    prompts = training_prompts(config, tok, seekers)
     per_iter = cfg.batch_size // cfg.group_size
     it = pipeline.make_iterator(prompts, batch_size=per_iter, seed=config.seed + 2)
 
