@@ -14,10 +14,9 @@ import numpy as np
 
 from girl_jax.checkpoint import read_final, write_json_atomic
 from girl_jax.data import io, market
+from girl_jax.data.schema import SPLITS
 from girl_jax.data.tokenizer import Tokenizer
 from girl_jax.errors import DataError
-
-SPLITS = ("train", "validation", "test", "cold_start")
 
 
 @dataclass
