@@ -155,7 +155,10 @@ class RewardHead(nnx.Module):
     {"hidden": [B, T, D], "mask", "response_mask"(, "pooled")}: the pooled_mlp features (taken
     from "pooled" when given: the probe computes them once) plus `queries`
     learned attention poolings over the JD tokens and as many over the CV tokens (a query can
-    single out the requirements, pay or place of a JD, which a plain mean blurs).
+    single out the requirements, pay or place of a JD, which a plain mean blurs). The probe's
+    cache gives {"states": [B, T, D (+ 2)] float32, "pooled", "mask", "response_mask"} instead:
+    the states with their match flags already concatenated, as the poolings read them (the same
+    values; no conversion or concatenation in every step).
     """
 
     def __init__(
@@ -183,16 +186,22 @@ class RewardHead(nnx.Module):
 
     def __call__(self, feats) -> jax.Array:
         if self.head == "attn_mlp":
-            h, mask, resp = feats["hidden"], feats["mask"], feats["response_mask"]
-            h = h.astype(jnp.float32)
+            mask, resp = feats["mask"], feats["response_mask"]
             valid = mask.astype(bool)
             jd = resp.astype(bool) & valid
-            pooled = feats.get("pooled")  # cached by the probe; else computed here
-            parts = [pool_features(h, mask, resp, "pooled_mlp") if pooled is None else pooled]
-            if self.match:
-                flags = feats["match"].astype(jnp.float32)
-                parts.append(match_means(flags, mask, resp))
-                h = jnp.concatenate([h, flags], axis=-1)
+            if "states" in feats:  # the probe's cache: states (+ flags) and pooled features
+                h = feats["states"].astype(jnp.float32)
+                parts = [feats["pooled"]]
+                if self.match:
+                    parts.append(match_means(h[..., -2:], mask, resp))
+            else:
+                h = feats["hidden"].astype(jnp.float32)
+                pooled = feats.get("pooled")  # cached by the probe; else computed here
+                parts = [pool_features(h, mask, resp, "pooled_mlp") if pooled is None else pooled]
+                if self.match:
+                    flags = feats["match"].astype(jnp.float32)
+                    parts.append(match_means(flags, mask, resp))
+                    h = jnp.concatenate([h, flags], axis=-1)
             parts += [
                 attention_pool(h, self.query_jd(h), jd),
                 attention_pool(h, self.query_cv(h), valid & ~jd),

@@ -36,7 +36,7 @@ def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_b
     lengths = np.where(mask.any(1), width - np.argmax(mask[:, ::-1], 1), 0)  # last valid + 1
     order = np.argsort(lengths, kind="stable")
     full = trimmed_width(arrays, multiple)
-    out = []
+    out = None  # every output's rows in input order, filled batch by batch (no later copies)
     for b in range(0, n, batch_size):
         idx = order[b : b + batch_size]
         keep = min(width, -(-max(int(lengths[idx].max()), 1) // multiple) * multiple)
@@ -45,25 +45,26 @@ def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_b
         if pad:
             rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
         o = jax.device_get(score_fn(params, *rows))
-        rows_here = len(idx)
-        out.append(jax.tree.map(lambda a, n=rows_here: _restore_width(np.asarray(a)[:n], full), o))
+        if out is None:
+            out = jax.tree.map(lambda a: _allocate(np.asarray(a), n, full), o)
+        jax.tree.map(lambda dst, a, idx=idx: _put_rows(dst, np.asarray(a), idx), out, o)
         if on_batch is not None:
-            on_batch(rows_here)
-    if not out:
-        return np.zeros(0, np.float32)
-
-    def unsort(*parts):
-        stacked = np.concatenate(parts)
-        result = np.empty_like(stacked)
-        result[order] = stacked
-        return result
-
-    return jax.tree.map(unsort, *out)
+            on_batch(len(idx))
+    return np.zeros(0, np.float32) if out is None else out
 
 
-def _restore_width(a: np.ndarray, full: int) -> np.ndarray:
-    """Per-token outputs [B, T', D] are zero-padded back to the common width `full`."""
-    return np.pad(a, ((0, 0), (0, full - a.shape[1]), (0, 0))) if a.ndim == 3 else a
+def _allocate(a: np.ndarray, n: int, full: int) -> np.ndarray:
+    """Zeros for `n` rows like a batch's output `a`; per-token outputs [B, T', D] at `full`."""
+    shape = (n, full, *a.shape[2:]) if a.ndim == 3 else (n, *a.shape[1:])
+    return np.zeros(shape, a.dtype)
+
+
+def _put_rows(dst: np.ndarray, a: np.ndarray, idx: np.ndarray) -> None:
+    """A batch's rows (the first len(idx); the rest pad the batch) into `dst` at rows idx."""
+    if a.ndim == 3:  # per-token: the batch's width, the rest stays zero
+        dst[idx, : a.shape[1]] = a[: len(idx)]
+    else:
+        dst[idx] = a[: len(idx)]
 
 
 def trimmed_width(arrays, multiple: int = 32) -> int:

@@ -189,6 +189,43 @@ def test_score_dataset_sorts_trims_and_restores_order():
     np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
     assert min(widths[:-1]) < L  # short rows ran on trimmed batches
 
+    # a pytree with per-token outputs: each row's valid positions as in one full batch, the
+    # columns past its batch's width zero, every output at the width the longest row needs
+    def tokens(params, i, m, r):
+        h, _ = nnx.merge(g, params).hidden(i, m)
+        return {"pooled": h[:, 0], "states": h}
+
+    short = {k: v[:, : L - 2] * (lengths[:, None] <= L - 3) for k, v in arrays.items()}
+    out = reward.score_dataset(tokens, p, short, batch_size=8, multiple=4)
+    want = jax.tree.map(np.asarray, tokens(p, short["input_ids"], short["attention_mask"], None))
+    assert out["states"].shape == (n, reward.trimmed_width(short, 4), CFG.d_model)
+    np.testing.assert_allclose(out["pooled"], want["pooled"], rtol=1e-5, atol=1e-5)
+    valid = short["attention_mask"].astype(bool)
+    np.testing.assert_allclose(
+        out["states"][valid], want["states"][valid[:, : out["states"].shape[1]]], atol=1e-5
+    )
+    assert reward.score_dataset(tokens, p, {k: v[:0] for k, v in short.items()}, 8).size == 0
+
+
+def test_attention_head_reads_cached_states_as_the_states_and_flags():
+    """The probe's cache ({"states": hidden and match flags concatenated, "pooled"}) gives the
+    attention head bit for bit the scores of the separate, float16 hidden and flags."""
+    from girl_jax.models.heads import RewardHead, match_flags, pool_features
+
+    rng = np.random.default_rng(4)
+    ids, mask, _ = _data(n=16)
+    resp = mask * (np.arange(mask.shape[1]) >= 3)
+    head = RewardHead(CFG.d_model, "attn_mlp", 16, rngs=nnx.Rngs(2), match=True)
+    nnx.update(head, jax.tree.map(lambda a: a + 0.1, nnx.state(head, nnx.Param)))  # non-zero
+    hidden = rng.normal(size=(*ids.shape, CFG.d_model)).astype(np.float16)
+    flags = np.asarray(match_flags(ids, mask, resp), np.float16)
+    pooled = pool_features(hidden, mask, resp, "pooled_mlp")
+    common = {"pooled": pooled, "mask": mask, "response_mask": resp}
+    apart = head({**common, "hidden": hidden, "match": flags})
+    states = np.concatenate([hidden.astype(np.float32), flags.astype(np.float32)], -1)
+    together = head({**common, "states": states})
+    np.testing.assert_array_equal(np.asarray(together), np.asarray(apart))
+
 
 def test_attention_pool_matches_numpy_and_ignores_padding():
     from girl_jax.models.heads import RewardModel, attention_pool
