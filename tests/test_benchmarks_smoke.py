@@ -92,6 +92,16 @@ def test_sampler_over_one_device_per_core_draws_the_same_tokens(quick_results):
     assert len(per_core[0]["times_s"]["ours_per_core"]) == len(per_core[0]["times_s"]["ours"])
 
 
+def test_reward_probe_layouts_time_the_same_arithmetic(quick_results):
+    """The probe's cached layout and the one before it, side by side: same steps, same bits."""
+    bench = quick_results[0]["details"]["reward_probe"]
+    details = bench["details"]
+    assert details["bit_identical"] is True
+    assert len(details["times_s"]["ours"]) == len(details["times_s"]["peer"]) >= 2
+    (fig,) = [f for f in quick_results[0]["figures"] if f["benchmark"] == "reward_probe"]
+    assert fig["unit"] == "steps/s" and fig["ours"] > 0 and fig["peer"] > 0
+
+
 def test_fsdp_state_shrinks_with_fsdp(quick_results):
     rows = quick_results[0]["details"]["fsdp_memory"]["details"]["rows"]
     assert rows["2"]["device0_bytes"] < rows["1"]["device0_bytes"]
