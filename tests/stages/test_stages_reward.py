@@ -180,9 +180,11 @@ def test_score_dataset_sorts_trims_and_restores_order():
     arrays = {"input_ids": ids * mask, "attention_mask": mask, "response_mask": resp}
     widths = []
 
+    jitted = jax.jit(lambda params, i, m, r: nnx.merge(g, params).features(i, m, r))
+
     def feats(params, i, m, r):
         widths.append(i.shape[1])
-        return nnx.merge(g, params).features(i, m, r)
+        return jitted(params, i, m, r)
 
     out = reward.score_dataset(feats, p, arrays, batch_size=8, multiple=4)
     full = np.asarray(feats(p, arrays["input_ids"], mask, resp))
@@ -191,6 +193,7 @@ def test_score_dataset_sorts_trims_and_restores_order():
 
     # a pytree with per-token outputs: each row's valid positions as in one full batch, the
     # columns past its batch's width zero, every output at the width the longest row needs
+    @jax.jit
     def tokens(params, i, m, r):
         h, _ = nnx.merge(g, params).hidden(i, m)
         return {"pooled": h[:, 0], "states": h}
