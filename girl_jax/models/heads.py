@@ -191,6 +191,12 @@ class RewardHead(nnx.Module):
             jd = resp.astype(bool) & valid
             if "states" in feats:  # the probe's cache: states (+ flags) and pooled features
                 h = feats["states"].astype(jnp.float32)
+                if h.shape[-1] != self.query_jd.in_features:  # static: a clear error at trace
+                    raise ModelError(
+                        f"reward head: cached states have {h.shape[-1]} features per token, the "
+                        f"head reads {self.query_jd.in_features} (states + match flags: "
+                        f"{self.match}); the cache was built for another reward head"
+                    )
                 parts = [feats["pooled"]]
                 if self.match:
                     parts.append(match_means(h[..., -2:], mask, resp))

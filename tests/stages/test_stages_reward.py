@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from girl_jax.configuration import load_config
+from girl_jax.errors import ModelError
 from girl_jax.models.decoder import DecoderConfig
 from girl_jax.models.heads import ScoreModel
 from girl_jax.parallel import mesh as mesh_mod
@@ -228,6 +229,8 @@ def test_attention_head_reads_cached_states_as_the_states_and_flags():
     states = np.concatenate([hidden.astype(np.float32), flags.astype(np.float32)], -1)
     together = head({**common, "states": states})
     np.testing.assert_array_equal(np.asarray(together), np.asarray(apart))
+    with pytest.raises(ModelError, match="cached states have 32 features per token"):
+        head({**common, "states": states[..., :-2]})  # a cache without the flags
 
 
 def test_attention_pool_matches_numpy_and_ignores_padding():
