@@ -190,24 +190,23 @@ class RewardHead(nnx.Module):
             valid = mask.astype(bool)
             jd = resp.astype(bool) & valid
             if "states" in feats:  # the probe's cache: states (+ flags) and pooled features
-                h = feats["states"].astype(jnp.float32)
-                if h.shape[-1] != self.query_jd.in_features:  # static: a clear error at trace
-                    raise ModelError(
-                        f"reward head: cached states have {h.shape[-1]} features per token, the "
-                        f"head reads {self.query_jd.in_features} (states + match flags: "
-                        f"{self.match}); the cache was built for another reward head"
-                    )
-                parts = [feats["pooled"]]
-                if self.match:
-                    parts.append(match_means(h[..., -2:], mask, resp))
+                h, pooled = feats["states"].astype(jnp.float32), feats["pooled"]
             else:
                 h = feats["hidden"].astype(jnp.float32)
                 pooled = feats.get("pooled")  # cached by the probe; else computed here
-                parts = [pool_features(h, mask, resp, "pooled_mlp") if pooled is None else pooled]
+                if pooled is None:
+                    pooled = pool_features(h, mask, resp, "pooled_mlp")
                 if self.match:
-                    flags = feats["match"].astype(jnp.float32)
-                    parts.append(match_means(flags, mask, resp))
-                    h = jnp.concatenate([h, flags], axis=-1)
+                    h = jnp.concatenate([h, feats["match"].astype(jnp.float32)], axis=-1)
+            if h.shape[-1] != self.query_jd.in_features:  # static: a clear error at trace
+                raise ModelError(
+                    f"reward head: the token states have {h.shape[-1]} features per token, the "
+                    f"head reads {self.query_jd.in_features} (states + match flags: "
+                    f"{self.match}); a probe cache built for another reward head?"
+                )
+            parts = [pooled]
+            if self.match:  # the flags are the last 2 features of each token
+                parts.append(match_means(h[..., -2:], mask, resp))
             parts += [
                 attention_pool(h, self.query_jd(h), jd),
                 attention_pool(h, self.query_cv(h), valid & ~jd),

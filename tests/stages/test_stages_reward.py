@@ -229,7 +229,7 @@ def test_attention_head_reads_cached_states_as_the_states_and_flags():
     states = np.concatenate([hidden.astype(np.float32), flags.astype(np.float32)], -1)
     together = head({**common, "states": states})
     np.testing.assert_array_equal(np.asarray(together), np.asarray(apart))
-    with pytest.raises(ModelError, match="cached states have 32 features per token"):
+    with pytest.raises(ModelError, match="token states have 32 features per token"):
         head({**common, "states": states[..., :-2]})  # a cache without the flags
 
 
