@@ -102,6 +102,16 @@ def test_reward_probe_layouts_time_the_same_arithmetic(quick_results):
     assert fig["unit"] == "steps/s" and fig["ours"] > 0 and fig["peer"] > 0
 
 
+def test_host_threads_bench_writes_the_same_jds_on_both_sides(quick_results):
+    """Two batches in flight against one at a time: the same Generator, the same JDs."""
+    bench = quick_results[0]["details"]["host_threads"]
+    details = bench["details"]
+    assert details["identical"] is True and details["workers"] >= 2
+    assert len(details["times_s"]["ours"]) == len(details["times_s"]["peer"]) >= 1
+    (fig,) = [f for f in quick_results[0]["figures"] if f["benchmark"] == "host_threads"]
+    assert fig["unit"] == "CVs/s" and fig["ours"] > 0 and fig["peer"] > 0
+
+
 def test_fsdp_state_shrinks_with_fsdp(quick_results):
     rows = quick_results[0]["details"]["fsdp_memory"]["details"]["rows"]
     assert rows["2"]["device0_bytes"] < rows["1"]["device0_bytes"]

@@ -218,6 +218,12 @@ def activate(mesh: Mesh | None, rules: Rules | None = None) -> Iterator[None]:
         _active.mesh, _active.rules = old
 
 
+def activated() -> tuple[Mesh | None, Rules]:
+    """(mesh, rules) of the innermost `activate` on this thread: what a worker thread re-enters
+    (`activate(*activated())`), since the context is per thread."""
+    return _active.mesh, _active.rules
+
+
 def active_mesh() -> Mesh | None:
     """The mesh set by `activate`, else a non-empty mesh set with `jax.set_mesh`, else None."""
     if _active.mesh is not None:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from girl_jax import host_threads
 from girl_jax.models.heads import sequence_score
 
 
@@ -19,7 +20,9 @@ def sequence_scores(graphdef, params, ids, mask, response_mask=None):
     return sequence_score(nnx.merge(graphdef, params), ids, mask, response_mask)
 
 
-def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_batch=None):
+def score_dataset(
+    score_fn, params, arrays, batch_size, multiple: int = 32, on_batch=None, workers=None
+):
     """Scores (or any per-row output, e.g. features [N, F]) for every row, in the input order.
 
     `score_fn(params, ids, mask, response_mask)`; `arrays` holds right-padded input_ids,
@@ -29,6 +32,8 @@ def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_b
     a few compiled shapes and no work on all-pad columns. The output may be a pytree of arrays;
     per-token outputs [B, T', D] come back zero-padded to `trimmed_width(arrays, multiple)`.
     `on_batch(rows)`, when given, is called after each batch with the rows it scored (progress).
+    Up to `workers` batches are in flight at once (None: `host_threads.workers()`); the outputs
+    are the same as one by one.
     """
     keys = ("input_ids", "attention_mask", "response_mask")
     n, width = arrays["input_ids"].shape
@@ -36,20 +41,34 @@ def score_dataset(score_fn, params, arrays, batch_size, multiple: int = 32, on_b
     lengths = np.where(mask.any(1), width - np.argmax(mask[:, ::-1], 1), 0)  # last valid + 1
     order = np.argsort(lengths, kind="stable")
     full = trimmed_width(arrays, multiple)
-    out = None  # every output's rows in input order, filled batch by batch (no later copies)
-    for b in range(0, n, batch_size):
+    host = {k: np.asarray(arrays[k]) for k in keys}
+    starts = list(range(0, n, batch_size))
+
+    def keep(b):  # the batch's width: its longest row, rounded up to `multiple`
         idx = order[b : b + batch_size]
-        keep = min(width, -(-max(int(lengths[idx].max()), 1) // multiple) * multiple)
-        rows = [np.asarray(arrays[k])[idx, :keep] for k in keys]
+        return min(width, -(-max(int(lengths[idx].max()), 1) // multiple) * multiple)
+
+    def score(b):
+        idx, cols = order[b : b + batch_size], keep(b)
+        rows = [host[k][idx, :cols] for k in keys]
         pad = batch_size - len(idx)
         if pad:
             rows = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in rows]
-        o = jax.device_get(score_fn(params, *rows))
+        return jax.device_get(score_fn(params, *rows))
+
+    out = None  # every output's rows in input order, filled batch by batch (no later copies)
+
+    def put(b, o):
+        nonlocal out
+        idx = order[b : b + batch_size]
         if out is None:
             out = jax.tree.map(lambda a: _allocate(np.asarray(a), n, full), o)
-        jax.tree.map(lambda dst, a, idx=idx: _put_rows(dst, np.asarray(a), idx), out, o)
+        jax.tree.map(lambda dst, a: _put_rows(dst, np.asarray(a), idx), out, o)
         if on_batch is not None:
             on_batch(len(idx))
+
+    # batches side by side on a CPU's cores (host_threads), each width compiled once
+    host_threads.for_each(score, starts, put, key=keep, num_workers=workers)
     return np.zeros(0, np.float32) if out is None else out
 
 

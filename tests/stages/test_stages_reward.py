@@ -191,6 +191,9 @@ def test_score_dataset_sorts_trims_and_restores_order():
     full = np.asarray(feats(p, arrays["input_ids"], mask, resp))
     np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
     assert min(widths[:-1]) < L  # short rows ran on trimmed batches
+    # two batches in flight (host_threads), each width compiled first alone: the same rows
+    two = reward.score_dataset(feats, p, arrays, batch_size=8, multiple=4, workers=2)
+    np.testing.assert_array_equal(two, out)
 
     # a pytree with per-token outputs: each row's valid positions as in one full batch, the
     # columns past its batch's width zero, every output at the width the longest row needs
@@ -201,6 +204,8 @@ def test_score_dataset_sorts_trims_and_restores_order():
 
     short = {k: v[:, : L - 2] * (lengths[:, None] <= L - 3) for k, v in arrays.items()}
     out = reward.score_dataset(tokens, p, short, batch_size=8, multiple=4)
+    two = reward.score_dataset(tokens, p, short, batch_size=8, multiple=4, workers=2)
+    jax.tree.map(np.testing.assert_array_equal, two, out)
     want = jax.tree.map(np.asarray, tokens(p, short["input_ids"], short["attention_mask"], None))
     assert out["states"].shape == (n, reward.trimmed_width(short, 4), CFG.d_model)
     np.testing.assert_allclose(out["pooled"], want["pooled"], rtol=1e-5, atol=1e-5)

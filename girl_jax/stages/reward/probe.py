@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sklearn.metrics import roc_auc_score
 
-from girl_jax import metrics
+from girl_jax import host_threads, metrics
 from girl_jax.models.heads import TOKEN_HEADS, pool_features
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
@@ -174,13 +174,15 @@ def fit_head(
         head_graphdef, objective, margin, learning_rate, weight_decay, (x_sharding, y_sharding)
     )
 
-    def score(hp, x):
+    def score(hp, x):  # batches side by side on a CPU's cores (host_threads), same scores
         m = _num_rows(x, 0)
+        last = (m - 1) // bs * bs  # the ragged last batch: its own shape
+
+        def one(b):
+            return np.asarray(score_fn(hp, _rows(x, np.arange(b, min(b + bs, m)), 0)))
+
         return np.concatenate(
-            [
-                np.asarray(score_fn(hp, _rows(x, np.arange(b, min(b + bs, m)), 0)))
-                for b in range(0, m, bs)
-            ]
+            host_threads.ordered_map(one, range(0, m, bs), key=lambda b: b == last)
         )
 
     rng = np.random.default_rng(seed)
