@@ -225,6 +225,7 @@ def train_one(
         mesh,
         rules,
         name=f"recommend {feature}/{predictor}/s{seed}",
+        scan_epochs=cfg.mode != "end_to_end",  # a head's step: dispatch-bound, one call an epoch
     )
     result = {"feature_set": feature, "predictor": predictor, "seed": seed, **result}
     if jax.process_index() == 0:
