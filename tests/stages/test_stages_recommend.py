@@ -206,3 +206,39 @@ def test_scan_epochs_equals_one_step_at_a_time(predictor, tmp_path):
     for key, value in out[False][1].items():
         np.testing.assert_array_equal(out[True][1][key], value, err_msg=str(key))
     np.testing.assert_array_equal(out[True][2], out[False][2])
+
+
+def test_fits_of_one_shape_share_their_compiled_programs(tmp_path):
+    """The seeds of one feature set x predictor reuse one set of jitted programs (compiled
+    once), and a fit through shared programs equals a fit that compiled its own."""
+    tables, splits = _market(n=512)
+    forward = functools.partial(recommend_fit.embedding_forward, order=("cv", "jd"))
+
+    def fit(seed):
+        spec = recommend_fit.FitSpec(2, 128, 1e-2, 0.01, 10, seed=seed)
+        model_fn = lambda r: MLPPredictor(8, 2, (16,), rngs=r)  # noqa: E731
+        result, model = recommend_fit.fit(
+            model_fn,
+            forward,
+            spec,
+            tables,
+            splits,
+            str(tmp_path / f"s{seed}"),
+            _mesh(),
+            None,
+            name="t",
+            scan_epochs=True,
+        )
+        return result, _params(model)
+
+    recommend_fit._compiled_programs.cache_clear()
+    fit(0)
+    shared = fit(1)
+    info = recommend_fit._compiled_programs.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    recommend_fit._compiled_programs.cache_clear()
+    recommend_fit._optimizer.cache_clear()
+    own = fit(1)  # its own optimizer object and programs
+    assert shared[0] == own[0]
+    for key, value in own[1].items():
+        np.testing.assert_array_equal(shared[1][key], value, err_msg=str(key))
