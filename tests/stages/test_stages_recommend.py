@@ -214,7 +214,7 @@ def test_fits_of_one_shape_share_their_compiled_programs(tmp_path):
     tables, splits = _market(n=512)
     forward = functools.partial(recommend_fit.embedding_forward, order=("cv", "jd"))
 
-    def fit(seed):
+    def fit(seed, forward=forward):
         spec = recommend_fit.FitSpec(2, 128, 1e-2, 0.01, 10, seed=seed)
         model_fn = lambda r: MLPPredictor(8, 2, (16,), rngs=r)  # noqa: E731
         result, model = recommend_fit.fit(
@@ -239,6 +239,9 @@ def test_fits_of_one_shape_share_their_compiled_programs(tmp_path):
     recommend_fit._compiled_programs.cache_clear()
     recommend_fit._optimizer.cache_clear()
     own = fit(1)  # its own optimizer object and programs
-    assert shared[0] == own[0]
-    for key, value in own[1].items():
-        np.testing.assert_array_equal(shared[1][key], value, err_msg=str(key))
+    # a forward that cannot be a cache key (a list argument) gets programs of its own
+    unhashable = fit(1, functools.partial(recommend_fit.embedding_forward, order=["cv", "jd"]))
+    for other in (shared, unhashable):
+        assert other[0] == own[0]
+        for key, value in own[1].items():
+            np.testing.assert_array_equal(other[1][key], value, err_msg=str(key))
