@@ -41,7 +41,13 @@ def build_sft(config, mesh, rules) -> plan_mod.PlannedStep:
     )
     B, L = c.batch_size * c.grad_accum, c.max_prompt_len + c.max_response_len
     batch = {k: _tokens((B, L), mesh) for k in ("input_ids", "attention_mask", "target_mask")}
-    fn = functools.partial(sft.train_step, graphdef=graphdef, tx=tx, accum=c.grad_accum)
+    fn = functools.partial(
+        sft.train_step,
+        graphdef=graphdef,
+        tx=tx,
+        accum=c.grad_accum,
+        response_len=c.max_response_len,
+    )
     rep = replicated(mesh)
     return plan_mod.PlannedStep(
         fn=fn,

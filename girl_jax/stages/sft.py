@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from girl_jax import checkpoint as ckpt_mod
 from girl_jax import metrics as metrics_mod
@@ -76,25 +77,59 @@ class SFTConfig:
 # ---------------------------------------------------------------- loss and step
 
 
-def lm_loss_sums(params, graphdef, batch):
-    """(sum of target-token NLL, number of target tokens); targets are where target_mask == 1."""
-    logits, _ = apply(graphdef, params, batch["input_ids"], batch["attention_mask"])
-    logp = common.token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:])
-    mask = batch["target_mask"][:, 1:].astype(jnp.float32)
-    return -(logp * mask).sum(), mask.sum()
+def response_positions(target_mask_BxL: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """(positions [B, R], weights [B, R]) of the logits that predict each row's targets, R = width.
+
+    A row's targets (`target_mask` == 1: its JD and eos) are contiguous, so the logits that
+    predict them are the R positions from the one before its first target; positions past the
+    row's last target get weight 0 (clipped into the row, never read as targets).
+    """
+    mask_BxT = target_mask_BxL[:, 1:]
+    T = mask_BxT.shape[1]
+    first_B = jnp.argmax(mask_BxT, axis=1)  # 0 for a row without targets (all weights 0)
+    count_B = mask_BxT.sum(axis=1)
+    offsets_R = jnp.arange(width)
+    pos_BxR = jnp.minimum(first_B[:, None] + offsets_R[None, :], T - 1)
+    weight_BxR = (offsets_R[None, :] < count_B[:, None]).astype(jnp.float32)
+    return pos_BxR, weight_BxR
 
 
-def train_step(state, batch, rng, *, graphdef, tx, accum: int = 1):
-    """One optimizer update over `batch` rows [accum * B, L]: token-mean NLL over all of them."""
+def lm_loss_sums(params, graphdef, batch, *, response_len: int | None = None):
+    """(sum of target-token NLL, number of target tokens); targets are where target_mask == 1.
+
+    response_len: the most target tokens a row holds (`sft.max_response_len`: `encode_sft`
+    never writes more). Given, the LM head and its log-softmax run only on the `response_len`
+    positions that predict targets (`response_positions`) instead of every position: the
+    prompt's logits carry no loss. None: every position (any target layout).
+    """
+    ids_BxL, target_BxL = batch["input_ids"], batch["target_mask"]
+    L = ids_BxL.shape[1]
+    if response_len is None or response_len >= L - 1:
+        logits, _ = apply(graphdef, params, ids_BxL, batch["attention_mask"])
+        logp = common.token_logprobs(logits[:, :-1], ids_BxL[:, 1:])
+        mask = target_BxL[:, 1:].astype(jnp.float32)
+        return -(logp * mask).sum(), mask.sum()
+    model = nnx.merge(graphdef, params)
+    h_BxLxD, _ = model.hidden(ids_BxL, batch["attention_mask"])
+    pos_BxR, weight_BxR = response_positions(target_BxL, response_len)
+    h_BxRxD = jnp.take_along_axis(h_BxLxD, pos_BxR[..., None], axis=1)
+    targets_BxR = jnp.take_along_axis(ids_BxL, pos_BxR + 1, axis=1)
+    logp = common.token_logprobs(model.logits(h_BxRxD), targets_BxR)
+    return -(logp * weight_BxR).sum(), weight_BxR.sum()
+
+
+def train_step(state, batch, rng, *, graphdef, tx, accum: int = 1, response_len=None):
+    """One optimizer update over `batch` rows [accum * B, L]: token-mean NLL over all of them
+    (`response_len`: see `lm_loss_sums`)."""
     del rng  # no dropout: the step is deterministic
 
     # Rows [accum * B, L] -> [accum, B, L]: gradients summed over micro-batches in a scan.
     batch = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
 
     def micro(grads_acc, mb):
-        (_, (nll, n)), g = jax.value_and_grad(lambda p: _with_count(p, graphdef, mb), has_aux=True)(
-            state.params
-        )
+        (_, (nll, n)), g = jax.value_and_grad(
+            lambda p: _with_count(p, graphdef, mb, response_len), has_aux=True
+        )(state.params)
         return jax.tree.map(jnp.add, grads_acc, g), (nll, n)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -120,13 +155,13 @@ def train_step(state, batch, rng, *, graphdef, tx, accum: int = 1):
     return new_state, metrics
 
 
-def _with_count(params, graphdef, batch):
-    nll, n = lm_loss_sums(params, graphdef, batch)
+def _with_count(params, graphdef, batch, response_len=None):
+    nll, n = lm_loss_sums(params, graphdef, batch, response_len=response_len)
     return nll, (nll, n)
 
 
-def eval_step(params, batch, *, graphdef):
-    nll, n = lm_loss_sums(params, graphdef, batch)
+def eval_step(params, batch, *, graphdef, response_len=None):
+    nll, n = lm_loss_sums(params, graphdef, batch, response_len=response_len)
     return dict(nll=nll, tokens=n)
 
 
@@ -214,12 +249,20 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         config, mesh, rules, vocab_size=tok.vocab_size, abstract=False
     )
     step_fn = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, accum=cfg.grad_accum),
+        functools.partial(
+            train_step,
+            graphdef=graphdef,
+            tx=tx,
+            accum=cfg.grad_accum,
+            response_len=cfg.max_response_len,
+        ),
         in_shardings=(shardings, state_mod.batch_sharding(mesh), None),
         out_shardings=(shardings, None),
         donate_argnums=(0,),
     )
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
+    eval_fn = jax.jit(
+        functools.partial(eval_step, graphdef=graphdef, response_len=cfg.max_response_len)
+    )
 
     it = pipeline.make_iterator(train, batch_size=global_batch * cfg.grad_accum, seed=config.seed)
     ckpt = ckpt_mod.StageCheckpointer(out_dir, keep=cfg.keep)

@@ -67,6 +67,60 @@ def test_loss_ignores_pad_tokens_and_prompt_targets():
     assert float(sft.lm_loss_sums(st.params, g, less)[0]) != pytest.approx(base, rel=1e-6)
 
 
+def _encoded_batch():
+    """Rows as `encode_sft` lays them out: prompt, then the response (<= 6 tokens), then pads;
+    one row whose response fills all 6, one with no targets (an eval batch's padding row)."""
+    rng = np.random.default_rng(5)
+    B, L, R = 5, 16, 6
+    prompt = np.array([3, 9, 5, 2, 4])
+    resp = np.array([6, 1, 4, 0, 3])
+    ids = rng.integers(3, 40, (B, L)).astype(np.int32)
+    pos = np.arange(L)[None]
+    attn = (pos < (prompt + resp)[:, None]).astype(np.int32)
+    target = ((pos >= prompt[:, None]) & (attn == 1)).astype(np.int32)
+    return {
+        "input_ids": np.where(attn == 1, ids, 0),
+        "attention_mask": attn,
+        "target_mask": target,
+    }, R
+
+
+def test_response_positions_are_the_logits_that_predict_targets():
+    b, R = _encoded_batch()
+    pos, w = jax.device_get(sft.response_positions(jnp.asarray(b["target_mask"]), R))
+    for i in range(len(pos)):
+        want = [t - 1 for t in range(1, b["target_mask"].shape[1]) if b["target_mask"][i, t]]
+        assert list(pos[i][w[i] > 0]) == want
+        assert (pos[i] <= b["target_mask"].shape[1] - 2).all()  # clipped into the row
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_response_only_head_equals_the_full_head(accum):
+    """The LM head on the `response_len` positions that predict targets: the same loss, token
+    count and update as the head on every position (float32 rounding apart)."""
+    g, st, tx = _state(optax.sgd(0.1))  # (adam's first step would amplify rounding noise)
+    b, R = _encoded_batch()
+    b = {k: np.concatenate([v, v[::-1]]) for k, v in b.items()}  # 10 rows: accum 2 splits them
+    full = sft.lm_loss_sums(st.params, g, b)
+    part = sft.lm_loss_sums(st.params, g, b, response_len=R)
+    np.testing.assert_allclose(float(part[0]), float(full[0]), rtol=1e-6)
+    assert float(part[1]) == float(full[1]) == b["target_mask"][:, 1:].sum()
+    steps = [
+        jax.jit(functools.partial(sft.train_step, graphdef=g, tx=tx, accum=accum, response_len=r))
+        for r in (None, R)
+    ]
+    (s1, m1), (s2, m2) = (step(st, b, None) for step in steps)
+    np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+    for a, c in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-6)
+    # a width at or past the row (L - 1) falls back to every position
+    wide = sft.lm_loss_sums(st.params, g, b, response_len=b["input_ids"].shape[1])
+    np.testing.assert_allclose(float(wide[0]), float(full[0]), rtol=1e-6)
+    # too narrow a width drops targets: the count says so
+    assert float(sft.lm_loss_sums(st.params, g, b, response_len=R - 1)[1]) < float(full[1])
+
+
 def test_grad_accumulation_equals_one_big_batch():
     g, st, tx = _state(optax.sgd(0.1))
     b = _batch(np.random.default_rng(2), B=8)

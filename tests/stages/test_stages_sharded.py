@@ -51,7 +51,9 @@ def _run_sft(shape):
     tx = common.make_optimizer(1e-2, 10, warmup_steps=1, weight_decay=0.01, grad_clip=1.0)
     g, st, sh = state_mod.create_train_state(lambda r: Decoder(CFG, rngs=r), tx, mesh, RULES)
     step = jax.jit(
-        functools.partial(sft.train_step, graphdef=g, tx=tx, accum=2),
+        functools.partial(
+            sft.train_step, graphdef=g, tx=tx, accum=2, response_len=12
+        ),  # as the stage
         in_shardings=(sh, state_mod.batch_sharding(mesh), None),
         out_shardings=(sh, None),
         donate_argnums=(0,),
