@@ -24,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # or SIGTERM) is compiled once per run of the suite. GIRL_COMPILE_CACHE=off: no cache.
 os.environ.setdefault("GIRL_COMPILE_CACHE", os.path.join(ROOT, ".pytest_cache", "jax"))
 
+# `tiny_run`: one whole tiny `girl run` a session, shared by the xdist workers (tests/tiny_run.py)
+from tiny_run import tiny_run  # noqa: E402, F401
+
 
 def pytest_configure(config):
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
@@ -33,11 +36,11 @@ def pytest_configure(config):
     compile_cache.enable()  # before any test module is imported (and compiles anything)
 
 
-# Under pytest-xdist (`make test`: -n 2 --dist loadfile --no-loadscope-reorder) whole files go to
+# Under pytest-xdist (`make test`: -n 3 --dist loadfile --no-loadscope-reorder) whole files go to
 # the workers in collection order. The files that take minutes go first, so that the run ends on
-# many short files that even out the two workers rather than on one worker finishing a long file
+# many short files that even out the workers rather than on one worker finishing a long file
 # alone (xdist's own order, most tests first, left kill_resume, the notebook and preemption for
-# last). The reliability files that share the tiny run (tests/reliability/conftest.py) are spread
+# last). The files that share the tiny run (tests/tiny_run.py) are spread
 # out so that the worker not making it has other long work meanwhile. Files not listed follow:
 # those with `slow` tests, then the others, most tests first. Seconds: one process on a loaded
 # 2-core machine, the compilation cache starting empty.
@@ -46,7 +49,6 @@ LONG_FIRST = (
     "tests/reliability/test_rel_kill_resume.py",  # makes the tiny run (120-160 s), then 90 s
     "tests/stages/test_stages_sharded.py",  # 150 s
     "tests/stages/test_stages_ppo.py",  # 110 s
-    "tests/test_observability.py",  # 140 s
     "tests/stages/test_ppo_rewards.py",  # 90 s
     "tests/stages/test_stages_reward.py",  # 120 s
     "tests/test_notebook.py",  # 120 s
@@ -54,6 +56,7 @@ LONG_FIRST = (
     "tests/test_sweep.py",  # 105 s, + the --vmap sweep of the same cells
     "tests/test_sweep_vmap.py",
     "tests/test_benchmarks_smoke.py",  # 55 s
+    "tests/test_observability.py",  # 40 s on the tiny run (after kill_resume has made it)
     "tests/reliability/test_rel_reward_sources.py",
     "tests/parallel/test_parallel_multihost.py",  # 40 s
     "tests/stages/test_reward_ensemble.py",  # 40 s

@@ -1,6 +1,7 @@
 """What a finished run leaves: TensorBoard events, metrics.jsonl, plots, report, results.json.
 
-One tiny end-to-end `girl run` (both predictors, all three feature sets) is shared by every test;
+One tiny end-to-end `girl run` (both predictors, all three feature sets; tests/tiny_run.py,
+also the reliability tests') is shared by every test;
 results.json is checked against the schema the report and the README promise (issue 7).
 """
 
@@ -23,36 +24,6 @@ from girl_jax.errors import ConfigError
 slow = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHRINK = {
-    "data.num_seekers": 120,
-    "data.num_jobs": 40,
-    "data.applications_per_seeker": 4,
-    "tokenizer.vocab_size": 512,
-    "sft.steps": 10,
-    "sft.batch_size": 8,
-    "sft.eval_every": 10,
-    "sft.checkpoint_every": 10,
-    "sft.log_every": 5,
-    "sft.num_eval_samples": 8,
-    "sft.eval_batches": 1,
-    "sft.max_response_len": 64,
-    "reward.steps": 6,
-    "reward.batch_size": 8,
-    "reward.eval_every": 6,
-    "reward.checkpoint_every": 6,
-    "reward.log_every": 3,
-    "ppo.iterations": 2,
-    "ppo.batch_size": 8,
-    "ppo.minibatches": 2,
-    "ppo.epochs": 1,
-    "ppo.max_new_tokens": 32,
-    "ppo.eval_every": 1,
-    "ppo.num_eval_prompts": 8,
-    "ppo.checkpoint_every": 2,
-    "recommend.batch_size": 32,
-    "recommend.predictors": ["mlp", "dot"],
-    "recommend.feature_sets": ["Base", "GIRL-SFT", "GIRL"],
-}
 FEATURES = ("Base", "GIRL-SFT", "GIRL")
 PREDICTORS = ("mlp", "dot")
 TRAINING_STAGES = ("sft", "reward", "ppo")
@@ -74,18 +45,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    from girl_jax import cli
+def run_dir(tiny_run):
+    """The session's tiny run (tests/tiny_run.py: made once, shared with the reliability tests;
+    both predictors, all three feature sets). Read only: tests that change it copy it first."""
+    return tiny_run.workdir
 
-    workdir = str(tmp_path_factory.mktemp("observability") / "run")
-    overrides = [
-        f"--config.{k}={v!r}" if isinstance(v, list) else f"--config.{k}={v}"
-        for k, v in SHRINK.items()
-    ]
-    config = os.path.join(ROOT, "configs", "default.py") + ":smoke"
-    rc = cli.main(["run", "--config", config, "--workdir", workdir, *overrides])
-    assert rc == 0, f"girl run failed with exit code {rc}"
-    return workdir
+
+def used(run_dir, key: str):
+    """A setting of the config the run used (its config.json), e.g. "sft.steps"."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        value = json.load(f)
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def _stage_dirs(workdir):
@@ -185,24 +157,24 @@ def test_metrics_jsonl_is_one_object_per_logged_step(run_dir):
             assert isinstance(rec.get("step"), int) and rec["step"] >= 0, f"{path}:{n}: step"
     sft = _jsonl(os.path.join(run_dir, "sft", "metrics.jsonl"))
     assert {r["step"] for r in sft if "loss" in r} == _train_steps(
-        SHRINK["sft.steps"], SHRINK["sft.log_every"]
+        used(run_dir, "sft.steps"), used(run_dir, "sft.log_every")
     )
     assert {r["step"] for r in sft if "eval_loss" in r} == _train_steps(
-        SHRINK["sft.steps"], SHRINK["sft.eval_every"]
+        used(run_dir, "sft.steps"), used(run_dir, "sft.eval_every")
     )
     reward = _jsonl(os.path.join(run_dir, "reward", "metrics.jsonl"))
     assert {r["step"] for r in reward if "loss" in r} == _train_steps(
-        SHRINK["reward.steps"], SHRINK["reward.log_every"]
+        used(run_dir, "reward.steps"), used(run_dir, "reward.log_every")
     )
     ppo = _jsonl(os.path.join(run_dir, "ppo", "metrics.jsonl"))
     assert [r["step"] for r in ppo if "proxy_reward" in r] == list(
-        range(1, SHRINK["ppo.iterations"] + 1)
+        range(1, used(run_dir, "ppo.iterations") + 1)
     )
     assert ppo[0]["step"] == 0 and "eval_true_match_rate" in ppo[0], "PPO start evaluation"
     for r in ppo[1:]:  # each iteration's wall time and throughput
         assert r["iteration_seconds"] > 0
         assert r["samples_per_second"] * r["iteration_seconds"] == pytest.approx(
-            SHRINK["ppo.batch_size"]
+            used(run_dir, "ppo.batch_size")
         )
 
 
@@ -346,7 +318,9 @@ def test_results_json_schema(run_dir):
 
     m = res["market"]
     assert {"seekers", "jobs", "interactions", "positive_rate"} <= set(m)
-    assert m["seekers"] == SHRINK["data.num_seekers"] and m["jobs"] == SHRINK["data.num_jobs"]
+    assert m["seekers"] == used(run_dir, "data.num_seekers") and m["jobs"] == used(
+        run_dir, "data.num_jobs"
+    )
     assert isinstance(m["interactions"], int) and m["interactions"] > 0
     assert 0.0 < _finite(m["positive_rate"], "market.positive_rate") < 1.0
 

@@ -40,7 +40,7 @@ TINY = (
     "--config.generate.batch_size=128",
     "--config.recommend.epochs=1",
     "--config.recommend.seeds=[0]",
-    "--config.recommend.predictors=['mlp']",
+    "--config.recommend.predictors=['mlp','dot']",  # both: tests/test_observability.py
 )
 
 

@@ -49,7 +49,7 @@ def test_network_guard_would_have_seen_a_connection():
     import socket
 
     import pytest
-    from conftest import NetworkGuard
+    from tiny_run import NetworkGuard
 
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as mp:

@@ -1,4 +1,5 @@
-"""One completed tiny `girl run`, shared by the reliability tests (made in-process, offline)."""
+"""One completed tiny `girl run`, made once per test session (in-process, offline) and shared by
+the reliability tests and tests/test_observability.py (registered by tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reliability"))
 
 from helpers import CONFIG, TINY, CliResult, run_cli  # noqa: E402
 
