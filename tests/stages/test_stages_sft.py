@@ -94,19 +94,29 @@ def test_response_positions_are_the_logits_that_predict_targets():
         assert (pos[i] <= b["target_mask"].shape[1] - 2).all()  # clipped into the row
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_response_only_head_equals_the_full_head(accum):
+def test_response_only_head_equals_the_full_head():
     """The LM head on the `response_len` positions that predict targets: the same loss, token
-    count and update as the head on every position (float32 rounding apart)."""
+    count and update as the head on every position (float32 rounding apart), with gradient
+    accumulation (2 micro-batches) as the stage can run it."""
     g, st, tx = _state(optax.sgd(0.1))  # (adam's first step would amplify rounding noise)
     b, R = _encoded_batch()
     b = {k: np.concatenate([v, v[::-1]]) for k, v in b.items()}  # 10 rows: accum 2 splits them
-    full = sft.lm_loss_sums(st.params, g, b)
-    part = sft.lm_loss_sums(st.params, g, b, response_len=R)
-    np.testing.assert_allclose(float(part[0]), float(full[0]), rtol=1e-6)
+    L = b["input_ids"].shape[1]
+    sums = {  # one jitted loss per width: None (every position), R, too narrow, >= L - 1
+        r: jax.device_get(
+            jax.jit(functools.partial(sft.lm_loss_sums, graphdef=g, response_len=r))(
+                st.params, batch=b
+            )
+        )
+        for r in (None, R, R - 1, L)
+    }
+    full, part = sums[None], sums[R]
+    np.testing.assert_allclose(part[0], full[0], rtol=1e-6)
     assert float(part[1]) == float(full[1]) == b["target_mask"][:, 1:].sum()
+    np.testing.assert_allclose(sums[L][0], full[0], rtol=1e-6)  # past the row: every position
+    assert float(sums[R - 1][1]) < float(full[1])  # too narrow a width drops targets: counted
     steps = [
-        jax.jit(functools.partial(sft.train_step, graphdef=g, tx=tx, accum=accum, response_len=r))
+        jax.jit(functools.partial(sft.train_step, graphdef=g, tx=tx, accum=2, response_len=r))
         for r in (None, R)
     ]
     (s1, m1), (s2, m2) = (step(st, b, None) for step in steps)
@@ -114,11 +124,6 @@ def test_response_only_head_equals_the_full_head(accum):
     np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
     for a, c in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-6)
-    # a width at or past the row (L - 1) falls back to every position
-    wide = sft.lm_loss_sums(st.params, g, b, response_len=b["input_ids"].shape[1])
-    np.testing.assert_allclose(float(wide[0]), float(full[0]), rtol=1e-6)
-    # too narrow a width drops targets: the count says so
-    assert float(sft.lm_loss_sums(st.params, g, b, response_len=R - 1)[1]) < float(full[1])
 
 
 def test_grad_accumulation_equals_one_big_batch():
