@@ -175,6 +175,22 @@ def test_both_modes_on_a_tiny_workdir(tmp_path):
         assert has_encoder == (mode == "frozen_encoder")
 
 
+def _fit_tiny(model_fn, forward, spec, tables, splits, run_dir, scan_epochs):
+    """`recommend_fit.fit` on the tiny market, one device, under the name "t"."""
+    return recommend_fit.fit(
+        model_fn,
+        forward,
+        spec,
+        tables,
+        splits,
+        str(run_dir),
+        _mesh(),
+        None,
+        name="t",
+        scan_epochs=scan_epochs,
+    )
+
+
 @pytest.mark.parametrize("predictor", ["mlp", "dot"])
 def test_scan_epochs_equals_one_step_at_a_time(predictor, tmp_path):
     """An epoch as one scanned program: the same batches and updates, bit for bit."""
@@ -189,18 +205,7 @@ def test_scan_epochs_equals_one_step_at_a_time(predictor, tmp_path):
     out = {}
     for scan in (False, True):
         run_dir = tmp_path / f"scan{scan}"
-        result, model = recommend_fit.fit(
-            model_fn,
-            forward,
-            spec,
-            tables,
-            splits,
-            str(run_dir),
-            _mesh(),
-            None,
-            name="t",
-            scan_epochs=scan,
-        )
+        result, model = _fit_tiny(model_fn, forward, spec, tables, splits, run_dir, scan)
         out[scan] = result, _params(model), np.load(run_dir / "test_logits.npy")
     assert out[True][0] == out[False][0] and out[True][0]["steps"] == 4 * 5
     for key, value in out[False][1].items():
@@ -217,17 +222,8 @@ def test_fits_of_one_shape_share_their_compiled_programs(tmp_path):
     def fit(seed, forward=forward):
         spec = recommend_fit.FitSpec(2, 128, 1e-2, 0.01, 10, seed=seed)
         model_fn = lambda r: MLPPredictor(8, 2, (16,), rngs=r)  # noqa: E731
-        result, model = recommend_fit.fit(
-            model_fn,
-            forward,
-            spec,
-            tables,
-            splits,
-            str(tmp_path / f"s{seed}"),
-            _mesh(),
-            None,
-            name="t",
-            scan_epochs=True,
+        result, model = _fit_tiny(
+            model_fn, forward, spec, tables, splits, tmp_path / f"s{seed}", True
         )
         return result, _params(model)
 
