@@ -213,6 +213,16 @@ def test_score_dataset_sorts_trims_and_restores_order():
     np.testing.assert_allclose(
         out["states"][valid], want["states"][valid[:, : out["states"].shape[1]]], atol=1e-5
     )
+    # past its batch's width (its longest row, rounded up to 4) a row's states are zero: the
+    # table is zeroed before the batches land in it
+    ends = np.where(valid.any(1), valid.shape[1] - np.argmax(valid[:, ::-1], 1), 0)
+    order = np.argsort(ends, kind="stable")
+    cols = np.arange(out["states"].shape[1])
+    for b in range(0, n, 8):
+        rows = order[b : b + 8]
+        width = -(-max(int(ends[rows].max()), 1) // 4) * 4
+        assert not out["states"][rows][:, cols >= width].any()
+        assert ends[rows].max() == 0 or out["states"][rows][:, : ends[rows].max()].any()
     assert reward.score_dataset(tokens, p, {k: v[:0] for k, v in short.items()}, 8).size == 0
 
 
