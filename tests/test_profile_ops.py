@@ -1,0 +1,33 @@
+"""benchmarks/profile_ops.py: the op profile reads the trace back and names each op's primitive."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import profile_ops  # noqa: E402
+
+
+def test_op_names_carry_the_primitive_and_the_einsum_spec():
+    text = "\n".join(
+        [
+            "  %fusion.3 = f32[2,3]{1,0} fusion(%a), "
+            'metadata={op_name="jit(f)/jvp(btd,dhk->bthk)/dot_general"}',
+            '  ROOT %add.1 = f32[2]{0} add(%x, %y), metadata={op_name="jit(f)/add"}',
+            "  %p = f32[2]{0} parameter(0)",
+        ]
+    )
+    assert profile_ops.op_names(text) == {
+        "fusion.3": "dot_general btd,dhk->bthk",
+        "add.1": "add",
+    }
+
+
+def test_encoder_profile_sums_the_traced_ops(capsys):
+    out = profile_ops.profile("encoder", runs=1, top=3)
+    assert out["wall_s"] > 0 and out["gflops"] > 0
+    ops = out["ms_by_op"]
+    assert any(k.startswith("dot_general") for k in ops) and all(v >= 0 for v in ops.values())
+    # the traced ops of one step add up to about one step (ops may overlap on 2 threads)
+    assert 0.3 * out["wall_s"] * 1e3 < sum(ops.values()) < 3 * out["wall_s"] * 1e3
+    assert "encoder:" in capsys.readouterr().out
