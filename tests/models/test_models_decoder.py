@@ -138,6 +138,44 @@ def test_right_padding_and_causality():
     assert not np.allclose(np.asarray(after[:, 6:]), np.asarray(base[:, 6:]), atol=1e-3)
 
 
+@pytest.mark.parametrize("family, T", [("llama", 67), ("gpt2", 64)])
+def test_causal_split_equals_full_attention(family, T, monkeypatch):
+    """Without a cache, float32, T >= CAUSAL_SPLIT_MIN_LEN: attention in two causal blocks
+    (normalised after the value product) gives the full-matrix attention's hidden states and
+    gradients; rows right- and left-padded, one all padding, grouped KV heads (llama)."""
+    from girl_jax.models import decoder_blocks
+
+    cfg = _cfg(family=family, max_len=80, num_kv_heads=2 if family == "llama" else None)
+    graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(3)))
+    rng = np.random.default_rng(4)
+    ids = jnp.asarray(rng.integers(1, 53, size=(4, T)), jnp.int32)
+    mask = np.ones((4, T), np.int32)
+    mask[1, T // 2 + 3 :] = 0  # right padding past the split
+    mask[2, : T // 2 + 5] = 0  # left padding over the whole first block
+    mask[3] = 0  # no valid token at all
+    mask = jnp.asarray(mask)
+
+    def run():  # fresh closures: jit traces again under the threshold in force
+        def loss(p):
+            h, _ = nnx.merge(graphdef, p).hidden(ids, mask)
+            return (h * mask[..., None]).sum(), h
+
+        (_, h), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return h, g
+
+    assert T >= decoder_blocks.CAUSAL_SPLIT_MIN_LEN
+    split_h, split_g = run()
+    monkeypatch.setattr(decoder_blocks, "CAUSAL_SPLIT_MIN_LEN", 10**9)
+    full_h, full_g = run()
+    valid = np.asarray(mask).astype(bool)  # a padding query's state is never read
+    np.testing.assert_allclose(
+        np.asarray(split_h)[valid], np.asarray(full_h)[valid], rtol=1e-5, atol=1e-5
+    )
+    for a, b in zip(jax.tree.leaves(split_g), jax.tree.leaves(full_g)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    assert not np.array_equal(np.asarray(split_h), np.asarray(full_h))  # another code path
+
+
 def test_bf16_compute_runs_and_is_close():
     cfg = _cfg()
     f32 = Decoder(cfg, rngs=nnx.Rngs(3))

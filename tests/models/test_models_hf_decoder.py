@@ -109,6 +109,22 @@ def test_import_matches_transformers_with_left_padding(case, tmp_path):
     assert diff <= 1e-4, diff
 
 
+@pytest.mark.parametrize("case", ["gpt2_untied", "llama_gqa"])
+def test_long_sequences_match_transformers(case, tmp_path):
+    """At 64 positions the forward takes the two-block causal attention (decoder_blocks)."""
+    from girl_jax.models.decoder_blocks import CAUSAL_SPLIT_MIN_LEN
+
+    hf_model = _randomise(CASES[case](), seed=2)
+    hf_model.save_pretrained(tmp_path / "hf")
+    ours = hub.from_pretrained(tmp_path / "hf")
+    ids, mask, pos = _batch(3, T=64)
+    assert ids.shape[1] >= CAUSAL_SPLIT_MIN_LEN
+    diff = _max_valid_diff(
+        _ours_logits(ours, ids, mask), _torch_logits(hf_model, ids, mask, pos), mask
+    )
+    assert diff <= 1e-4, diff
+
+
 @pytest.mark.parametrize("case", ["gpt2_tied", "llama_gqa"])
 def test_import_scanned_layers_matches(case, tmp_path):
     hf_model = _randomise(CASES[case](), seed=1)
