@@ -1,4 +1,5 @@
-"""benchmarks/profile_ops.py: the op profile reads the trace back and names each op's primitive."""
+"""The op profile (benchmarks/profile_ops.py) and the causal-attention benchmark
+(benchmarks/bench_causal_attention.py): they read what they time and leave no setting changed."""
 
 import os
 import sys
@@ -31,3 +32,16 @@ def test_encoder_profile_sums_the_traced_ops(capsys):
     # the traced ops of one step add up to about one step (ops may overlap on 2 threads)
     assert 0.3 * out["wall_s"] * 1e3 < sum(ops.values()) < 3 * out["wall_s"] * 1e3
     assert "encoder:" in capsys.readouterr().out
+
+
+def test_causal_attention_bench_times_both_paths_and_restores_the_threshold():
+    import bench_causal_attention
+
+    from girl_jax.models import decoder_blocks
+
+    before = decoder_blocks.CAUSAL_SPLIT_MIN_LEN
+    out = bench_causal_attention.measure(2, 64, rounds=1, calls=1)
+    assert decoder_blocks.CAUSAL_SPLIT_MIN_LEN == before
+    for k in ("full_forward_s", "two_blocks_forward_s", "full_grad_s", "two_blocks_grad_s"):
+        assert out[k] > 0
+    assert out["forward_speedup"] == out["full_forward_s"] / out["two_blocks_forward_s"]
