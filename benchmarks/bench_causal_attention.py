@@ -1,8 +1,9 @@
 """The decoder's causal self-attention in two blocks against the full score matrix, side by side.
 
 `Attention._attend_causal` (no cache, float32, T >= `CAUSAL_SPLIT_MIN_LEN`) against the
-full-matrix `_attend` that every shorter sequence still takes: the default decoder (d 128,
-4 layers, 4 heads, vocab 4096), random weights, rows of 2/3 to full length (right padding).
+full-matrix `_attend` that every shorter sequence still takes: the default decoder
+(`configs/default.py`'s model: d 128, 4 layers, 4 heads, vocab 4096), random weights, rows of
+2/3 to full length (right padding).
 Two programs: the trunk's forward to the reward features' depth (3 blocks; the reward stage's
 features, PPO's rollout forwards) and the gradient of the whole trunk (SFT, PPO's update). The
 two paths alternate in one process (`--rounds` times, fresh jit traces each); medians.
@@ -14,6 +15,7 @@ two paths alternate in one process (`--rounds` times, fresh jit traces each); me
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -22,8 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from girl_jax.configuration import load_config
 from girl_jax.models import decoder_blocks
-from girl_jax.models.decoder import Decoder, DecoderConfig
+from girl_jax.models.decoder import Decoder
+from girl_jax.stages import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _timed(fn, *args, n: int) -> float:
@@ -36,12 +42,12 @@ def _timed(fn, *args, n: int) -> float:
 
 
 def measure(B: int, T: int, rounds: int, calls: int = 3) -> dict:
-    cfg = DecoderConfig(
-        family="gpt2", vocab_size=4096, max_len=256, d_model=128, num_layers=4, num_heads=4
-    )
+    config = load_config(os.path.join(ROOT, "configs/default.py"))
+    vocab = config.tokenizer.vocab_size
+    cfg = common.decoder_config(config, vocab)
     graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(0)
-    ids = jnp.asarray(rng.integers(5, 4096, (B, T)), jnp.int32)
+    ids = jnp.asarray(rng.integers(5, vocab, (B, T)), jnp.int32)
     lens = rng.integers(T * 2 // 3, T + 1, B)
     mask = jnp.asarray((np.arange(T)[None] < lens[:, None]).astype(np.int32))
 

@@ -6,7 +6,9 @@
 - `encoder`: the recommender's encoder step (2-layer BERT, d 64, 2 heads, T 96, batch 128 (CV,
   JD) pairs, AdamW), the one `make run` takes 387 times.
 
-Random weights and ids at the default shapes (the time does not depend on their values). Each
+Both built from `configs/default.py` with the stages' own builders (`reward.state.build_model_fn`,
+`recommend._encoder` / `_recommender_fn`, `recommend_fit.train_step`). Random weights and ids at
+the default shapes (the time does not depend on their values). Each
 step is timed (median of `--runs` calls after a warm-up), traced with `jax.profiler` and the
 trace's op times are summed by the jax primitive that made each op (`op_name` in the compiled
 HLO): dot_general, reduce_sum, mul, ... The per-op times are XLA's (thread time of one op; ops
@@ -24,6 +26,7 @@ import functools
 import glob
 import gzip
 import json
+import os
 import re
 import statistics
 import tempfile
@@ -32,33 +35,38 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
+
+from girl_jax.configuration import load_config
+from girl_jax.parallel import mesh as mesh_mod
+from girl_jax.parallel import state as state_mod
+from girl_jax.stages import recommend, recommend_fit
+from girl_jax.stages.recommend import RecommendConfig
+from girl_jax.stages.reward import state as reward_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+DEFAULT = "configs/default.py"
+
+
+def _default_config():
+    """The default run's config (`make run`) and its tokenizer's vocabulary size."""
+    config = load_config(os.path.join(ROOT, DEFAULT))
+    return config, config.tokenizer.vocab_size
 
 
 def features_case():
-    from girl_jax.models.decoder import DecoderConfig
-    from girl_jax.models.heads import RewardModel
-
-    cfg = DecoderConfig(
-        family="gpt2", vocab_size=4096, max_len=256, d_model=128, num_layers=4, num_heads=4
-    )
-    model = RewardModel(
-        cfg,
-        rngs=nnx.Rngs(0),
-        head="attn_mlp",
-        head_hidden=256,
-        feature_layer=3,
-        match_features=True,
-    )
-    graphdef, params = nnx.split(model)
-    B, T = 256, 192
+    config, vocab = _default_config()
+    mcfg, model_fn = reward_state.build_model_fn(config, vocab, config.seed)
+    graphdef, params = nnx.split(model_fn(nnx.Rngs(0)))
+    B, T = config.reward.probe_batch_size, 192
     rng = np.random.default_rng(0)
     lens = rng.integers(120, T + 1, B)
     mask = (np.arange(T)[None] < lens[:, None]).astype(np.int32)
     args = (
         params,
-        jnp.asarray(rng.integers(5, 4096, (B, T)), jnp.int32) * mask,
+        jnp.asarray(rng.integers(5, vocab, (B, T)), jnp.int32) * mask,
         jnp.asarray(mask),
         jnp.asarray(mask * (np.arange(T)[None] >= 100)),
     )
@@ -66,33 +74,28 @@ def features_case():
     def fn(p, ids, m, r):
         return nnx.merge(graphdef, p).features(ids, m, r)
 
-    # 2 x multiply-adds x (4 d^2 attention + 8 d^2 MLP) per token and layer, + QK^T and PV
-    d, L = cfg.d_model, 3
-    flops = 2 * B * T * L * (12 * d * d) + 2 * 2 * B * T * T * d * L
+    # 2 FLOPs per multiply-add: 4 d^2 attention + 2 d m MLP weights per token and block, QK^T, PV
+    d, L = mcfg.d_model, config.reward.feature_layer or mcfg.num_layers
+    flops = 2 * B * T * L * (4 * d * d + 2 * d * mcfg.mlp_dim) + 2 * 2 * B * T * T * d * L
     return jax.jit(fn), args, flops
 
 
 def encoder_case():
-    from girl_jax.models.bert import BertConfig
-    from girl_jax.models.predictors import Recommender
-    from girl_jax.stages import recommend_fit
-
-    bcfg = BertConfig(
-        vocab_size=4096,
-        max_len=96,
-        d_model=64,
-        num_layers=2,
-        num_heads=2,
-        mlp_dim=128,
-        pooling="mean",
-        normalize=False,
-    )
-    model = Recommender(bcfg, "mlp", 2, rngs=nnx.Rngs(0), hidden_dims=(256,), proj_dim=64)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    """The stage's own `recommend_fit.train_step` (jitted here without donating the state, so
+    that the same arguments can be timed again) on the default encoder and MLP head."""
+    config, vocab = _default_config()
+    cfg = RecommendConfig.from_config(config.recommend)
+    bcfg, _, _ = recommend._encoder(cfg, vocab)
+    order = ("cv", "jd")
+    model_fn = recommend._recommender_fn(cfg, bcfg, None, "mlp", len(order))
+    steps = 387  # the default run's encoder steps (3 epochs of 129)
+    tx = recommend_fit._optimizer(cfg.learning_rate, steps, steps // 10, cfg.weight_decay)
+    mesh = mesh_mod.make_mesh({"data": 1})
+    graphdef, state, _ = state_mod.create_train_state(model_fn, tx, mesh, seed=0)
     rng = np.random.default_rng(0)
-    N, T = 4000, 96
-    lens = rng.integers(46, T, N)
-    ids = rng.integers(5, 4096, (N, T)).astype(np.int32)
+    N, T, B = 4000, bcfg.max_len, cfg.batch_size
+    lens = rng.integers(T // 2, T, N)
+    ids = rng.integers(5, vocab, (N, T)).astype(np.int32)
     mask = (np.arange(T)[None] < lens[:, None]).astype(np.int32)
     tables = {
         "cv_ids": jnp.asarray(ids),
@@ -101,23 +104,20 @@ def encoder_case():
         "jd_mask": jnp.asarray(mask[::-1].copy()),
     }
     batch = {
-        "cv_idx": jnp.asarray(rng.integers(0, N, 128)),
-        "jd_idx": jnp.asarray(rng.integers(0, N, 128)),
-        "label": jnp.asarray(rng.integers(0, 2, 128).astype(np.float32)),
+        "cv_idx": jnp.asarray(rng.integers(0, N, B)),
+        "jd_idx": jnp.asarray(rng.integers(0, N, B)),
+        "label": jnp.asarray(rng.integers(0, 2, B).astype(np.float32)),
     }
-    forward = functools.partial(recommend_fit.token_forward, order=("cv", "jd"))
-    tx = optax.adamw(2e-3, weight_decay=0.01)
-
-    def step(params, opt, tables, batch):
-        loss, grads = jax.value_and_grad(recommend_fit.loss_fn)(
-            params, rest, tables, batch, graphdef=graphdef, forward=forward
-        )
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), opt, loss
-
-    d, L, tokens = 64, 2, 2 * 128 * T  # forward + backward: 3x the forward's FLOPs
-    flops = 3 * (2 * tokens * L * (4 * d * d + 2 * d * 128) + 2 * 2 * 2 * 128 * T * T * d * L)
-    return jax.jit(step), (params, tx.init(params), tables, batch), flops
+    step = functools.partial(
+        recommend_fit.train_step,
+        graphdef=graphdef,
+        tx=tx,
+        forward=functools.partial(recommend_fit.token_forward, order=order),
+    )
+    # forward + backward: 3x the forward's FLOPs, both texts of each pair
+    d, L, tokens = bcfg.d_model, bcfg.num_layers, len(order) * B * T
+    forward = 2 * tokens * L * (4 * d * d + 2 * d * bcfg.mlp_dim) + 2 * 2 * tokens * T * d * L
+    return jax.jit(step), (state, tables, batch), 3 * forward
 
 
 CASES = {"features": features_case, "encoder": encoder_case}
