@@ -90,7 +90,7 @@ def encoder_case():
     model_fn = recommend._recommender_fn(cfg, bcfg, None, "mlp", len(order))
     steps = 387  # the default run's encoder steps (3 epochs of 129)
     tx = recommend_fit._optimizer(cfg.learning_rate, steps, steps // 10, cfg.weight_decay)
-    mesh = mesh_mod.make_mesh({"data": 1})
+    mesh = mesh_mod.make_mesh({"data": 1}, jax.devices()[:1])  # one device, as `make run`
     graphdef, state, _ = state_mod.create_train_state(model_fn, tx, mesh, seed=0)
     rng = np.random.default_rng(0)
     N, T, B = 4000, bcfg.max_len, cfg.batch_size
