@@ -234,6 +234,10 @@ def get_config(arg=None):
         # old log-probs: recompute (a full forward after sampling, exact PPO) | sampler (the
         # sampler's own, equal to ~1e-6 in float32: one actor forward fewer, docs/benchmarks.md)
         old_logprobs="recompute",
+        # minibatches == 1 (and recompute): epoch 1's gradient goes back through the rollout's
+        # own actor forward (one jax.vjp), so an iteration runs one forward fewer and epoch 1's
+        # ratio is exactly 1 (docs/benchmarks.md). False: epoch 1 runs a forward of its own.
+        reuse_rollout_forward=True,
         # > 1: rollouts drawn with a copy bias towards the CV's tokens (exploration; the loss and
         # the greedy evaluation see the unbiased policy, docs/rl.md). 1.0: off.
         rollout_copy_bias=1.0,

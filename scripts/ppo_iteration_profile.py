@@ -11,11 +11,14 @@ sampling (`step.sample_step`), scoring (actor, reference and reward-model forwar
 driver runs. Each batch runs at the width `batches.trim_prompts` gives (what the stage uses)
 and at `sft.max_prompt_len`, alternately, in this one process; the first call of each (compile
 + run) is reported apart and left out of the medians. Prints the prompt lengths and a table.
+The fused step also runs without `ppo.reuse_rollout_forward` ("fused_noreuse", alternating with
+the others): the gain of pulling the first epoch's gradient back through the rollout's forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
                 functools.partial(train_step, **roles, scfg=scfg, controller=controller)
             ),
         }
+        roles_off = {**roles, "cfg": dataclasses.replace(cfg, reuse_rollout_forward=False)}
+        fns["fused_noreuse"] = jax.jit(
+            functools.partial(train_step, **roles_off, scfg=scfg, controller=controller)
+        )
 
         def timed(fn, *a):
             t = time.perf_counter()
@@ -99,7 +106,14 @@ def main(argv=None) -> int:
                 (rollout, _), t_score = timed(fns["score"], state, frozen, batch, out, None)
                 _, t_update = timed(fns["update"], state, rollout, rng)
                 _, t_fused = timed(fns["fused"], state, frozen, batch, rng)
-                row = dict(sample=t_sample, score=t_score, update=t_update, fused=t_fused)
+                _, t_off = timed(fns["fused_noreuse"], state, frozen, batch, rng)
+                row = dict(
+                    sample=t_sample,
+                    score=t_score,
+                    update=t_update,
+                    fused=t_fused,
+                    fused_noreuse=t_off,
+                )
                 if i == 0:
                     first[width] = row
                 else:
@@ -113,12 +127,15 @@ def main(argv=None) -> int:
         print(f"{w:10s}{cells}")
     ratio = med["full"]["fused"] / med["trimmed"]["fused"]
     print(f"\nfused iteration, full width / trimmed: {ratio:.2f}x")
+    reuse = med["trimmed"]["fused_noreuse"] / med["trimmed"]["fused"]
+    print(f"fused iteration (trimmed), without / with reuse_rollout_forward: {reuse:.2f}x")
     if args.json_out:
         result = {
             "widths": {"full": int(full[0].shape[1]), "trimmed": int(trimmed[0].shape[1])},
             "median_s": med,
             "first_call_s": first,
             "fused_ratio_full_over_trimmed": ratio,
+            "fused_ratio_noreuse_over_reuse": reuse,
         }
         with open(args.json_out, "w") as f:
             json.dump(result, f, indent=1)

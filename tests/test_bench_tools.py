@@ -45,3 +45,15 @@ def test_causal_attention_bench_times_both_paths_and_restores_the_threshold():
     for k in ("full_forward_s", "two_blocks_forward_s", "full_grad_s", "two_blocks_grad_s"):
         assert out[k] > 0
     assert out["forward_speedup"] == out["full_forward_s"] / out["two_blocks_forward_s"]
+
+
+def test_encoder_attention_bench_times_both_forms_and_restores_the_model():
+    import bench_encoder_attention
+
+    from girl_jax.models import bert
+
+    before = bert.SelfAttention.__call__
+    out = bench_encoder_attention.measure(rounds=1, calls=1)
+    assert bert.SelfAttention.__call__ is before
+    assert out["probabilities_first_s"] > 0 and out["after_values_s"] > 0
+    assert out["speedup"] == out["probabilities_first_s"] / out["after_values_s"]

@@ -250,3 +250,55 @@ def test_config_errors_name_keys():
     with pytest.raises(ConfigError, match="rollout_copy_bias != 1 needs"):
         ppo.PPOConfig.from_config(c)
     assert dataclasses.is_dataclass(ppo.PPOConfig)
+
+
+@pytest.mark.parametrize("advantage,group", [("gae", 1), ("grpo", 4)])
+def test_first_epoch_gradient_through_the_rollout_forward(advantage, group):
+    """minibatches=1: epoch 1's gradient pulled back through the rollout's own forward (one
+    `jax.vjp`) equals a fresh forward's gradient, for the actor and (GAE) the critic; its ratio
+    is exactly 1; whole iterations match the path without the reuse."""
+    kw = dict(minibatches=1, advantage=advantage, group_size=group)
+    cfg, st, frozen, step, batch, graphs = _setup(**kw)
+    cfg_off, _, _, step_off, _, _ = _setup(**kw, reuse_rollout_forward=False)
+    assert ppo.step.reuses_rollout_forward(cfg) and not ppo.step.reuses_rollout_forward(cfg_off)
+    scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
+    out = ppo.step.sample_step(st, batch, jax.random.key(3), graphs=graphs, scfg=scfg)
+    ids, mask, P = ppo.step.sequences(batch, out)
+    outputs, pullback = jax.vjp(
+        lambda a, c: ppo.step.policy_outputs(a, c, ids, mask, P, graphs=graphs, cfg=cfg),
+        st.actor.params,
+        st.critic.params,
+    )
+    data, _ = ppo.step.score_rollout(
+        st, frozen, batch, out, None, graphs=graphs, cfg=cfg, outputs=outputs
+    )
+    plain, _ = ppo.step.score_rollout(st, frozen, batch, out, None, graphs=graphs, cfg=cfg)
+    for k in ("logp_old", "values_old", "advantages"):
+        np.testing.assert_allclose(np.asarray(data[k]), np.asarray(plain[k]), atol=1e-5)
+    args = (data, st.kl.kl_coef, st.hyper)
+    (loss, m), g_out = jax.value_and_grad(ppo.step.ppo_objective, argnums=(0, 1), has_aux=True)(
+        *outputs, *args, cfg=cfg
+    )
+    g_reuse = pullback(g_out)
+    (loss_f, _), g_fresh = jax.value_and_grad(ppo.step.ppo_loss, argnums=(0, 1), has_aux=True)(
+        st.actor.params, st.critic.params, *args, graphs=graphs, cfg=cfg, P=P
+    )
+    np.testing.assert_allclose(float(loss), float(loss_f), rtol=1e-6, atol=1e-7)
+    assert float(m["ratio_mean"]) == 1.0
+    flat_r, flat_f = jax.tree.leaves(g_reuse), jax.tree.leaves(g_fresh)
+    assert len(flat_r) == len(flat_f)
+    norm = max(float(np.abs(np.asarray(x)).max()) for x in flat_f)
+    assert norm > 1e-3
+    for x, y in zip(flat_r, flat_f):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5 * norm)
+    critic_moves = any(float(np.abs(np.asarray(x)).max()) > 0 for x in jax.tree.leaves(g_reuse[1]))
+    assert critic_moves == cfg.needs_critic
+    # two whole iterations each way (2 epochs: the second runs its own forward in both)
+    a, b = st, jax.tree.map(jnp.copy, st)
+    for i in range(2):
+        a, ma, _ = step(a, frozen, batch, jax.random.key(10 + i))
+        b, mb, _ = step_off(b, frozen, batch, jax.random.key(10 + i))
+        for k in ("policy_loss", "kl", "proxy_reward", "ratio_mean", "actor_grad_norm"):
+            np.testing.assert_allclose(float(ma[k]), float(mb[k]), rtol=1e-3, atol=1e-5)
+    for x, y in zip(*map(jax.tree.leaves, (a, b))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-5)

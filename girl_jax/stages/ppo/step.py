@@ -20,7 +20,6 @@ its adapters off (`reference_params`), so `Frozen.reference` is None: one copy o
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +94,50 @@ def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: 
     return total, parts
 
 
+def sequences(batch, out):
+    """(ids, mask, P): each prompt followed by its sampled response, and the prompt width."""
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    ids = jnp.concatenate([prompt_ids, out.tokens], axis=1)
+    mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
+    return ids, mask, prompt_ids.shape[1]
+
+
+def reuses_rollout_forward(cfg: PPOConfig) -> bool:
+    """Whether the update's first epoch reuses the rollout's actor (and critic) forward.
+
+    With one minibatch the first epoch's forward is the rollout's own (the same params on the
+    same rows), so `update_step` runs it once with `jax.vjp` and pulls the first epoch's
+    gradient back through it: one forward fewer per iteration, and the first epoch's ratio is
+    exactly 1. Needs `old_logprobs=recompute` (the rollout runs that forward) and a separate
+    critic (`value_head` shares the actor's trunk pass in `response_logits_and_values`).
+    """
+    return (
+        cfg.reuse_rollout_forward
+        and cfg.minibatches == 1
+        and cfg.old_logprobs == "recompute"
+        and not (cfg.needs_critic and cfg.critic == "value_head")
+    )
+
+
+def _trainable(actor_params, cfg: PPOConfig):
+    """(the actor's differentiated params, a function from them back to every param)."""
+    if cfg.shared_base:
+        adapters, base = lora.split_adapters(actor_params)
+        return adapters, lambda a: lora.join_adapters(base, a)
+    return actor_params, lambda a: a
+
+
+def policy_outputs(actor_params, critic_params, ids, mask, P, *, graphs: Graphs, cfg: PPOConfig):
+    """The actor's response logits and the critic's raw values (None without a critic)."""
+    if cfg.needs_critic and cfg.critic == "value_head":
+        return response_logits_and_values(graphs, actor_params, critic_params, ids, mask, P)
+    logits = response_logits(graphs.actor, actor_params, ids, mask, P)
+    values = None
+    if cfg.needs_critic:
+        values = response_values(graphs.critic, critic_params, ids, mask, P)
+    return logits, values
+
+
 def score_rollout(
     state: PPOState,
     frozen: Frozen,
@@ -104,6 +147,7 @@ def score_rollout(
     *,
     graphs: Graphs,
     cfg: PPOConfig,
+    outputs=None,
 ):
     """Score sampled responses and compute every quantity the update treats as constant.
 
@@ -111,18 +155,21 @@ def score_rollout(
     of the host-side reward terms (oracle, Python functions), or None when there are none, or
     `(score_B, steps_BxT, step_mask_BxT)` with span terms (`rewards.place_spans`): step
     rewards for `grpo_process`, per-token rewards for the estimators that read them (GAE,
-    REINFORCE++), else summed into the sequence reward.
+    REINFORCE++), else summed into the sequence reward. `outputs`: the actor's response logits
+    and the critic's raw values (or None) on these sequences, already computed
+    (`policy_outputs`; `update_step` keeps their vjp for the first epoch), else computed here.
     """
     steps = None
     if isinstance(host_score, tuple):
         host_score, *steps = host_score
-    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-    P = prompt_ids.shape[1]
+    prompt_mask = batch["prompt_mask"]
+    ids, mask, P = sequences(batch, out)
     resp, resp_mask = out.tokens, out.mask.astype(jnp.float32)
-    ids = jnp.concatenate([prompt_ids, resp], axis=1)
-    mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
 
-    if cfg.needs_critic and cfg.critic == "value_head":  # one trunk pass: logits and values
+    if outputs is not None:
+        logits, raw_values = outputs
+        logp_old = common.token_logprobs(logits, resp, cfg.temperature)
+    elif cfg.needs_critic and cfg.critic == "value_head":  # one trunk pass: logits and values
         logits, head_values = response_logits_and_values(
             graphs, state.actor.params, state.critic.params, ids, mask, P
         )
@@ -147,7 +194,9 @@ def score_rollout(
             cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES
         ):
             raw_score = raw_score + step_BxT.sum(1)  # sequence estimators: the span sum
-    if cfg.needs_critic and cfg.critic == "value_head":
+    if outputs is not None and cfg.needs_critic:
+        values = raw_values * resp_mask
+    elif cfg.needs_critic and cfg.critic == "value_head":
         values = head_values * resp_mask
     elif cfg.needs_critic:
         values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
@@ -235,14 +284,15 @@ def rollout(state: PPOState, frozen: Frozen, batch, rng, *, graphs: Graphs, cfg:
 def ppo_loss(
     actor_params, critic_params, mb, kl_coef, hyper, *, graphs: Graphs, cfg: PPOConfig, P: int
 ):
+    logits, v = policy_outputs(
+        actor_params, critic_params, mb["ids"], mb["mask"], P, graphs=graphs, cfg=cfg
+    )
+    return ppo_objective(logits, v, mb, kl_coef, hyper, cfg=cfg)
+
+
+def ppo_objective(logits, v, mb, kl_coef, hyper, *, cfg: PPOConfig):
+    """The loss on the actor's response logits and the critic's values (None without one)."""
     hp = hparams(cfg, hyper)
-    shared = cfg.needs_critic and cfg.critic == "value_head"
-    if shared:
-        logits, v = response_logits_and_values(
-            graphs, actor_params, critic_params, mb["ids"], mb["mask"], P
-        )
-    else:
-        logits = response_logits(graphs.actor, actor_params, mb["ids"], mb["mask"], P)
     logits = logits.astype(jnp.float32) / cfg.temperature
     logp = common.token_logprobs(logits, mb["resp"])
     m = mb["resp_mask"]
@@ -253,8 +303,6 @@ def ppo_loss(
     total = pg_loss - hp["ent_coef"] * entropy
     metrics = dict(policy_loss=pg_loss, entropy=entropy, **pm)
     if cfg.needs_critic:
-        if not shared:
-            v = response_values(graphs.critic, critic_params, mb["ids"], mb["mask"], P)
         vf_loss, vm = registry.get("value_loss", cfg.value_loss)(
             v, mb["values_old"], mb["returns"], m, config=hp
         )
@@ -270,33 +318,29 @@ def ppo_loss(
     return total, metrics
 
 
-def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, actor_tx, critic_tx):
+def ppo_update(
+    state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, actor_tx, critic_tx, first=None
+):
     """Epochs x shuffled minibatches as nested scans; non-finite / off-ratio minibatches skip.
 
     Shared base: the scans carry the actor's adapters alone (its optimizer state is theirs), the
-    loss reads the base from outside them, and the base leaves of the result are the input's."""
+    loss reads the base from outside them, and the base leaves of the result are the input's.
+    `first` = ((logits, values), pullback): the rollout's outputs on `data` (in its row order)
+    and the vjp of `policy_outputs` at the state's trainable params (`reuses_rollout_forward`):
+    the first epoch's one minibatch takes its gradient through them instead of a new forward."""
     B = data["ids"].shape[0]
     P = data["ids"].shape[1] - data["resp"].shape[1]
     mb_size = B // cfg.minibatches
-    if cfg.shared_base:
-        adapters, base = lora.split_adapters(state.actor.params)
-        actor0 = state.actor.replace(params=adapters)
+    trainable, join = _trainable(state.actor.params, cfg)
+    actor0 = state.actor.replace(params=trainable)
 
-        def loss_fn(actor_adapters, *args):  # differentiates the adapters, reads the base
-            return ppo_loss(
-                lora.join_adapters(base, actor_adapters), *args, graphs=graphs, cfg=cfg, P=P
-            )
-    else:
-        actor0 = state.actor
-        loss_fn = functools.partial(ppo_loss, graphs=graphs, cfg=cfg, P=P)
+    def loss_fn(actor_trainable, *args):
+        return ppo_loss(join(actor_trainable), *args, graphs=graphs, cfg=cfg, P=P)
+
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
 
-    def minibatch(carry, idx):
+    def apply(carry, metrics, g_actor, g_critic):
         actor, critic = carry
-        mb = jax.tree.map(lambda x: x[idx], data)
-        (_, metrics), (g_actor, g_critic) = grad_fn(
-            actor.params, critic.params, mb, state.kl.kl_coef, state.hyper
-        )
         ok = common.all_finite(metrics, g_actor, g_critic)
         if cfg.ratio_threshold:
             ok = ok & ~loss_mod.ratio_skip(metrics["ratio_mean"], cfg.ratio_threshold)
@@ -309,14 +353,31 @@ def ppo_update(state: PPOState, data, rng, *, graphs: Graphs, cfg: PPOConfig, ac
         metrics["actor_grad_norm"] = optax.global_norm(g_actor)
         return (actor, critic), metrics
 
+    def minibatch(carry, idx):
+        actor, critic = carry
+        mb = jax.tree.map(lambda x: x[idx], data)
+        (_, metrics), (g_actor, g_critic) = grad_fn(
+            actor.params, critic.params, mb, state.kl.kl_coef, state.hyper
+        )
+        return apply(carry, metrics, g_actor, g_critic)
+
     def epoch(carry, key):
         perm = jax.random.permutation(key, B).reshape(cfg.minibatches, mb_size)
         return jax.lax.scan(minibatch, carry, perm)
 
     keys = jax.random.split(rng, cfg.epochs)
-    (actor, critic), metrics = jax.lax.scan(epoch, (actor0, state.critic), keys)
-    if cfg.shared_base:
-        actor = actor.replace(params=lora.join_adapters(base, actor.params))
+    carry = (actor0, state.critic)
+    if first is not None:  # epoch 1 = one minibatch of every row: the rollout's forward
+        outputs, pullback = first
+        (_, m1), g_outputs = jax.value_and_grad(ppo_objective, argnums=(0, 1), has_aux=True)(
+            *outputs, data, state.kl.kl_coef, state.hyper, cfg=cfg
+        )
+        carry, m1 = apply(carry, m1, *pullback(g_outputs))
+        keys = keys[1:]
+    (actor, critic), metrics = jax.lax.scan(epoch, carry, keys)
+    if first is not None:
+        metrics = jax.tree.map(lambda a, b: jnp.concatenate([a[None, None], b]), m1, metrics)
+    actor = actor.replace(params=join(actor.params))
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["skipped"] = metrics["skipped"] * cfg.epochs * cfg.minibatches  # a count
     return state.replace(actor=actor, critic=critic), metrics
@@ -342,9 +403,28 @@ def update_step(
     half, so `sample_step` then `update_step` equals the fused `train_step` given the same key.
     """
     _, k_update = jax.random.split(rng)
-    data, stats = score_rollout(state, frozen, batch, out, host_score, graphs=graphs, cfg=cfg)
+    first = outputs = None
+    if reuses_rollout_forward(cfg):  # one forward for the old log-probs and epoch 1's gradient
+        ids, mask, P = sequences(batch, out)
+        trainable, join = _trainable(state.actor.params, cfg)
+        outputs, pullback = jax.vjp(
+            lambda a, c: policy_outputs(join(a), c, ids, mask, P, graphs=graphs, cfg=cfg),
+            trainable,
+            state.critic.params,
+        )
+        first = (outputs, pullback)
+    data, stats = score_rollout(
+        state, frozen, batch, out, host_score, graphs=graphs, cfg=cfg, outputs=outputs
+    )
     new_state, metrics = ppo_update(
-        state, data, k_update, graphs=graphs, cfg=cfg, actor_tx=actor_tx, critic_tx=critic_tx
+        state,
+        data,
+        k_update,
+        graphs=graphs,
+        cfg=cfg,
+        actor_tx=actor_tx,
+        critic_tx=critic_tx,
+        first=first,
     )
     finite = stats["rewards_finite"] > 0.5
     new_state = common.select_tree(finite, new_state, state)
