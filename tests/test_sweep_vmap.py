@@ -116,9 +116,11 @@ def _committed(tree, mesh):
 
 
 @pytest.mark.slow
-def test_vmapped_cells_follow_their_solo_trajectories():
+@pytest.mark.parametrize("minibatches", [2, 1])  # 1: epoch 1 through the rollout's forward
+def test_vmapped_cells_follow_their_solo_trajectories(minibatches):
     batch = _batch()
-    cells = [_cell(o) for o in CELLS]
+    cells = [_cell({**o, "minibatches": minibatches}) for o in CELLS]
+    assert ppo.step.reuses_rollout_forward(cells[0][2].keywords["cfg"]) == (minibatches == 1)
     frozen, fn = cells[0][1], cells[0][2]  # cell 0's static step serves both: settings traced
     keys = [jax.random.key(7), jax.random.key(11)]
     solo = []

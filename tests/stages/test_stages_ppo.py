@@ -252,12 +252,15 @@ def test_config_errors_name_keys():
     assert dataclasses.is_dataclass(ppo.PPOConfig)
 
 
-@pytest.mark.parametrize("advantage,group", [("gae", 1), ("grpo", 4)])
-def test_first_epoch_gradient_through_the_rollout_forward(advantage, group):
+@pytest.mark.parametrize(
+    "advantage,group,critic", [("gae", 1, "separate"), ("gae", 1, "value_head"), ("grpo", 4, "")]
+)
+def test_first_epoch_gradient_through_the_rollout_forward(advantage, group, critic):
     """minibatches=1: epoch 1's gradient pulled back through the rollout's own forward (one
-    `jax.vjp`) equals a fresh forward's gradient, for the actor and (GAE) the critic; its ratio
-    is exactly 1; whole iterations match the path without the reuse."""
-    kw = dict(minibatches=1, advantage=advantage, group_size=group)
+    `jax.vjp`) equals a fresh forward's gradient, for the actor and (GAE) the critic, a separate
+    one or a value head on the actor's trunk; its ratio is exactly 1; whole iterations match the
+    path without the reuse."""
+    kw = dict(minibatches=1, advantage=advantage, group_size=group, critic=critic or "separate")
     cfg, st, frozen, step, batch, graphs = _setup(**kw)
     cfg_off, _, _, step_off, _, _ = _setup(**kw, reuse_rollout_forward=False)
     assert ppo.step.reuses_rollout_forward(cfg) and not ppo.step.reuses_rollout_forward(cfg_off)

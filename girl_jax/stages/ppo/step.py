@@ -108,15 +108,11 @@ def reuses_rollout_forward(cfg: PPOConfig) -> bool:
     With one minibatch the first epoch's forward is the rollout's own (the same params on the
     same rows), so `update_step` runs it once with `jax.vjp` and pulls the first epoch's
     gradient back through it: one forward fewer per iteration, and the first epoch's ratio is
-    exactly 1. Needs `old_logprobs=recompute` (the rollout runs that forward) and a separate
-    critic (`value_head` shares the actor's trunk pass in `response_logits_and_values`).
+    exactly 1. Needs `old_logprobs=recompute` (the rollout runs that forward). A `value_head`
+    critic is part of the same pass (`policy_outputs`): its value loss reaches the actor's
+    trunk through the same vjp, as in a fresh forward.
     """
-    return (
-        cfg.reuse_rollout_forward
-        and cfg.minibatches == 1
-        and cfg.old_logprobs == "recompute"
-        and not (cfg.needs_critic and cfg.critic == "value_head")
-    )
+    return cfg.reuse_rollout_forward and cfg.minibatches == 1 and cfg.old_logprobs == "recompute"
 
 
 def _trainable(actor_params, cfg: PPOConfig):
