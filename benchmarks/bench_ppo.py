@@ -26,8 +26,13 @@ import bench_common as bc  # noqa: E402
 TRL_PYTHON = os.path.join(REPO, ".venv-trl", "bin", "python")
 
 
-def ppo_iteration_flops(cfg, batch: int, prompt: int, new: int, epochs: int) -> dict[str, float]:
-    """Analytic FLOPs of one iteration (what any implementation must compute)."""
+def ppo_iteration_flops(
+    cfg, batch: int, prompt: int, new: int, epochs: int, reuse: bool = False
+) -> dict[str, float]:
+    """Analytic FLOPs of one iteration (what any implementation must compute).
+
+    `reuse`: epoch 1's actor and critic forwards are the rollout's (`ppo.reuse_rollout_forward`
+    with one minibatch: the same params on the same rows), so they are counted once."""
     seq = prompt + new
     sample = bc.decode_flops(cfg, batch, prompt, new)
     # Actor / reference: the LM head is needed at the `new` positions that predict the
@@ -36,6 +41,8 @@ def ppo_iteration_flops(cfg, batch: int, prompt: int, new: int, epochs: int) -> 
     trunk_fwd = bc.forward_flops(cfg, batch, seq, lm_head=False)  # reward model, critic
     rollout = 2 * lm_fwd + 2 * trunk_fwd
     update = epochs * 3 * (lm_fwd + trunk_fwd)  # forward + backward (2x) for actor and critic
+    if reuse:
+        update -= lm_fwd + trunk_fwd
     return dict(
         sample=sample, rollout_forwards=rollout, update=update, total=sample + rollout + update
     )
@@ -192,7 +199,10 @@ def run(args) -> dict:
     ours_times += [bc.time_call(ours_iter) for _ in range(repeats)]  # A B A
 
     breakdown = time_breakdown(o, holder["state"], repeats, sampling) if not quick else {}
-    flops = ppo_iteration_flops(o["mcfg"], batch, prompt, new, epochs)
+    from girl_jax.stages.ppo.step import reuses_rollout_forward
+
+    reuse = reuses_rollout_forward(o["cfg"])
+    flops = ppo_iteration_flops(o["mcfg"], batch, prompt, new, epochs, reuse=reuse)
     ours_s = bc.median(ours_times)
     trl_s = bc.median(trl["iteration_s"][1:] or trl["iteration_s"]) if trl.get("ok") else None
     trl_bf16_s = (
