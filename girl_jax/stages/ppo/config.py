@@ -84,7 +84,7 @@ class PPOConfig:
     # same params and temperature, equal to float rounding: one actor forward fewer).
     old_logprobs: str = "recompute"
     # minibatches == 1: the first epoch's gradient goes through the rollout's own forward
-    # (`step.reuses_rollout_forward`); False: a forward of its own, as before 2026-12-04.
+    # (`forward.reuses_rollout_forward`); False: a forward of its own, as before 2026-12-04.
     reuse_rollout_forward: bool = True
     # Guided exploration: the rollouts drawn with a copy bias towards the CV's tokens (Hugging
     # Face's encoder_repetition_penalty, `sampling.bias_to_prompt`; 1.0: off). The loss still

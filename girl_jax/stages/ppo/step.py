@@ -37,9 +37,12 @@ from girl_jax.stages import reward as reward_mod
 from girl_jax.stages.ppo.config import PPOConfig
 from girl_jax.stages.ppo.forward import (
     explained_variance,
+    policy_outputs,
     response_logits,
-    response_logits_and_values,
     response_values,
+    reuses_rollout_forward,
+    sequences,
+    trainable_params,
 )
 from girl_jax.stages.ppo.rewards import device_weight
 from girl_jax.stages.ppo.state import Frozen, Graphs, PPOState
@@ -94,46 +97,6 @@ def device_scores(frozen: Frozen, ids, mask, resp_full, *, graphs: Graphs, cfg: 
     return total, parts
 
 
-def sequences(batch, out):
-    """(ids, mask, P): each prompt followed by its sampled response, and the prompt width."""
-    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-    ids = jnp.concatenate([prompt_ids, out.tokens], axis=1)
-    mask = jnp.concatenate([prompt_mask, out.mask.astype(prompt_mask.dtype)], axis=1)
-    return ids, mask, prompt_ids.shape[1]
-
-
-def reuses_rollout_forward(cfg: PPOConfig) -> bool:
-    """Whether the update's first epoch reuses the rollout's actor (and critic) forward.
-
-    With one minibatch the first epoch's forward is the rollout's own (the same params on the
-    same rows), so `update_step` runs it once with `jax.vjp` and pulls the first epoch's
-    gradient back through it: one forward fewer per iteration, and the first epoch's ratio is
-    exactly 1. Needs `old_logprobs=recompute` (the rollout runs that forward). A `value_head`
-    critic is part of the same pass (`policy_outputs`): its value loss reaches the actor's
-    trunk through the same vjp, as in a fresh forward.
-    """
-    return cfg.reuse_rollout_forward and cfg.minibatches == 1 and cfg.old_logprobs == "recompute"
-
-
-def _trainable(actor_params, cfg: PPOConfig):
-    """(the actor's differentiated params, a function from them back to every param)."""
-    if cfg.shared_base:
-        adapters, base = lora.split_adapters(actor_params)
-        return adapters, lambda a: lora.join_adapters(base, a)
-    return actor_params, lambda a: a
-
-
-def policy_outputs(actor_params, critic_params, ids, mask, P, *, graphs: Graphs, cfg: PPOConfig):
-    """The actor's response logits and the critic's raw values (None without a critic)."""
-    if cfg.needs_critic and cfg.critic == "value_head":
-        return response_logits_and_values(graphs, actor_params, critic_params, ids, mask, P)
-    logits = response_logits(graphs.actor, actor_params, ids, mask, P)
-    values = None
-    if cfg.needs_critic:
-        values = response_values(graphs.critic, critic_params, ids, mask, P)
-    return logits, values
-
-
 def score_rollout(
     state: PPOState,
     frozen: Frozen,
@@ -162,19 +125,20 @@ def score_rollout(
     ids, mask, P = sequences(batch, out)
     resp, resp_mask = out.tokens, out.mask.astype(jnp.float32)
 
+    shared_pass = cfg.needs_critic and cfg.critic == "value_head"
+    sampler_logprobs = cfg.old_logprobs == "sampler" and not shared_pass
+    if outputs is None and not sampler_logprobs:  # value_head: one trunk pass, logits and values
+        outputs = policy_outputs(
+            state.actor.params, state.critic.params, ids, mask, P, graphs=graphs, cfg=cfg
+        )
     if outputs is not None:
         logits, raw_values = outputs
         logp_old = common.token_logprobs(logits, resp, cfg.temperature)
-    elif cfg.needs_critic and cfg.critic == "value_head":  # one trunk pass: logits and values
-        logits, head_values = response_logits_and_values(
-            graphs, state.actor.params, state.critic.params, ids, mask, P
-        )
-        logp_old = common.token_logprobs(logits, resp, cfg.temperature)
-    elif cfg.old_logprobs == "sampler":  # the sampler's own (float32, 0 after EOS): no forward
+    else:  # the sampler's own (float32, 0 after EOS): no actor forward
         logp_old = out.logprobs
-    else:
-        logits = response_logits(graphs.actor, state.actor.params, ids, mask, P)
-        logp_old = common.token_logprobs(logits, resp, cfg.temperature)
+        raw_values = None
+        if cfg.needs_critic:
+            raw_values = response_values(graphs.critic, state.critic.params, ids, mask, P)
     ref_params = reference_params(state.actor.params, frozen)
     ref_logits = response_logits(graphs.actor, ref_params, ids, mask, P)
     logp_ref = common.token_logprobs(ref_logits, resp, cfg.temperature)
@@ -190,14 +154,7 @@ def score_rollout(
             cfg.needs_critic or cfg.advantage in TOKEN_REWARD_ADVANTAGES
         ):
             raw_score = raw_score + step_BxT.sum(1)  # sequence estimators: the span sum
-    if outputs is not None and cfg.needs_critic:
-        values = raw_values * resp_mask
-    elif cfg.needs_critic and cfg.critic == "value_head":
-        values = head_values * resp_mask
-    elif cfg.needs_critic:
-        values = response_values(graphs.critic, state.critic.params, ids, mask, P) * resp_mask
-    else:
-        values = jnp.zeros_like(resp_mask)
+    values = raw_values * resp_mask if cfg.needs_critic else jnp.zeros_like(resp_mask)
 
     score = shaping.apply_missing_eos_penalty(raw_score, out.has_eos, cfg.missing_eos_penalty)
     score = shaping.clip_scores(score, cfg.score_clip or None)
@@ -327,7 +284,7 @@ def ppo_update(
     B = data["ids"].shape[0]
     P = data["ids"].shape[1] - data["resp"].shape[1]
     mb_size = B // cfg.minibatches
-    trainable, join = _trainable(state.actor.params, cfg)
+    trainable, join = trainable_params(state.actor.params, cfg)
     actor0 = state.actor.replace(params=trainable)
 
     def loss_fn(actor_trainable, *args):
@@ -402,7 +359,7 @@ def update_step(
     first = outputs = None
     if reuses_rollout_forward(cfg):  # one forward for the old log-probs and epoch 1's gradient
         ids, mask, P = sequences(batch, out)
-        trainable, join = _trainable(state.actor.params, cfg)
+        trainable, join = trainable_params(state.actor.params, cfg)
         outputs, pullback = jax.vjp(
             lambda a, c: policy_outputs(join(a), c, ids, mask, P, graphs=graphs, cfg=cfg),
             trainable,
