@@ -49,12 +49,17 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def decoder_config(shape: str, *, dtype: str = "float32"):
+def decoder_config(shape: str, *, dtype: str = "float32", matmul_dtype: str | None = None):
     from girl_jax.models.decoder import DecoderConfig
 
     vocab = TINY_VOCAB if shape == "bench-tiny" else VOCAB
     return DecoderConfig(
-        family="gpt2", vocab_size=vocab, max_len=MAX_LEN, dtype=dtype, **SHAPES[shape]
+        family="gpt2",
+        vocab_size=vocab,
+        max_len=MAX_LEN,
+        dtype=dtype,
+        matmul_dtype=matmul_dtype,
+        **SHAPES[shape],
     )
 
 
@@ -117,6 +122,34 @@ def gpu_peak_flops() -> tuple[float, str]:
         if name in kind:
             return peak, f"{kind} bf16 dense peak (datasheet)"
     return float("nan"), f"{kind}: peak unknown"
+
+
+def bf16_matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of XLA bf16 x bf16 -> float32 n³ matmul FLOP/s: the compute limit of a program whose
+    matmuls run on the CPU's bf16 units (`matmul_dtype="bfloat16"`; numpy has no bf16)."""
+    import jax
+    import jax.numpy as jnp
+
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(key_a, (n, n), jnp.bfloat16)
+    b = jax.random.normal(key_b, (n, n), jnp.bfloat16)
+    fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    jax.block_until_ready(fn(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def cpu_has_bf16_units() -> bool:
+    """AMX-BF16 or AVX512-BF16 in /proc/cpuinfo (Linux; False where it cannot be read)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def peak_flops(device: str, quick: bool) -> tuple[float, str]:

@@ -62,7 +62,16 @@ def load_ppo_config(**overrides):
     return PPOConfig(**ppo)
 
 
-def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype: str):
+def build_ours(
+    shape: str,
+    batch: int,
+    prompt: int,
+    new: int,
+    epochs: int,
+    dtype: str,
+    matmul_dtype: str | None = None,
+    devices: int = 1,
+):
     import functools
 
     import jax
@@ -88,8 +97,11 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
         advantage="gae",
         temperature=1.0,
     )
-    mcfg = bc.decoder_config(shape, dtype=dtype)
-    mesh = mesh_mod.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    mcfg = bc.decoder_config(shape, dtype=dtype, matmul_dtype=matmul_dtype)
+    # `devices` > 1: the batch over the data axis of that many (CPU: one per core) devices.
+    mesh = mesh_mod.make_mesh(
+        {"data": devices, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:devices]
+    )
     updates = cfg.iterations * cfg.epochs * cfg.minibatches
     actor_tx = common.make_optimizer(
         cfg.learning_rate, updates, grad_clip=cfg.grad_clip, cosine=False
@@ -141,6 +153,7 @@ def build_ours(shape: str, batch: int, prompt: int, new: int, epochs: int, dtype
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(3, mcfg.vocab_size, (batch, prompt), dtype=np.int32))
     prompts = {"prompt_ids": ids, "prompt_mask": jnp.ones_like(ids)}
+    prompts = jax.device_put(prompts, state_mod.batch_sharding(mesh))
     # Pieces for the time breakdown (same code, jitted apart).
     rollout = jax.jit(functools.partial(ppo.step.rollout, **kw))
     actor_graph_split = actor_graph
@@ -193,7 +206,7 @@ def run(args) -> dict:
     # The peer at its fastest setting here: bfloat16 autocast where the CPU has bf16 matrix
     # units (AMX-BF16 / AVX512-BF16); ours stays at float32 (XLA:CPU's bf16 dots are slower).
     trl_bf16 = None
-    if not quick and args.device == "cpu" and cpu_has_bf16_units():
+    if not quick and args.device == "cpu" and bc.cpu_has_bf16_units():
         trl_bf16 = run_trl(o["mcfg"], batch, prompt, new, epochs, trl_iters, bf16=True)
         bc.progress(f"ppo: TRL bf16 {trl_bf16.get('iteration_s') or trl_bf16.get('reason')}")
     ours_times += [bc.time_call(ours_iter) for _ in range(repeats)]  # A B A
@@ -265,14 +278,6 @@ def run(args) -> dict:
         "(docs/benchmarks.md)",
     )
     return {"figures": figures, "details": details}
-
-
-def cpu_has_bf16_units() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def run_trl(mcfg, batch, prompt, new, epochs, iterations, bf16: bool = False) -> dict:

@@ -12,6 +12,13 @@ with the batch laid over all of them (`make_sampler(in_shardings=...)`, the data
 in the same interleaved loop as the batch-32 sampling row and its peer. XLA:CPU runs one
 device's decode step mostly on one core (a step is a chain of small ops); one device per core
 runs the rows' halves side by side.
+
+Mixed precision (a CPU with AMX-BF16 / AVX512-BF16): the target run also times our sampler with
+`matmul_dtype="bfloat16"` (projections and LM head multiply bf16 operands, accumulate in
+float32; attention, norms, softmax, sampling float32), on one device and one device per core,
+against `generate` under `torch.autocast(bfloat16)` (its matmuls in bf16 too) and with bf16
+weights; a row compares each side at its fastest, and one the bf16 run's FLOP/s against XLA's
+bf16 2048³ matmul.
 """
 
 from __future__ import annotations
@@ -89,6 +96,16 @@ def run(args) -> dict:
                 gen = torch_side(ids_np, new, greedy=mode == "greedy")
                 peer_tokens = gen()  # warm-up
                 fns["peer"] = gen
+            # mixed precision, both sides: our bf16 matmuls (float32 accumulation) and HF under
+            # torch.autocast(bfloat16), plus HF in bf16 weights (its fastest here, less precise)
+            mixed = mode == "sample" and batch == batches[-1] and _mixed_ok(args)
+            if mixed:
+                fns.update(_mixed_fns(cfg, params, ids, mask, key, scfg, per_core))
+                if torch_side is not None:
+                    for precision in ("autocast", "bfloat16"):
+                        gen = torch_side(ids_np, new, greedy=False, precision=precision)
+                        gen()  # warm-up
+                        fns[f"peer_{precision}"] = gen
             times = bc.interleaved(fns, repeats)
             tok = batch * new
             ours_tps = tok / bc.median(times["ours"])
@@ -151,7 +168,97 @@ def run(args) -> dict:
                     note=f"compile {compile_s:.1f}s (excluded)",
                 )
             )
+            if mixed:
+                figures += _mixed_figures(args, cfg, shape, batch, prompt, new, times, details)
     return {"figures": figures, "details": details}
+
+
+def _mixed_ok(args) -> bool:
+    """The mixed-precision rows: on a CPU with bf16 matrix units, not in --quick."""
+    return not args.quick and args.device == "cpu" and bc.cpu_has_bf16_units()
+
+
+def _mixed_fns(cfg, params, ids, mask, key, scfg, per_core: bool) -> dict:
+    """Our sampler on the same weights with `matmul_dtype="bfloat16"`: one device, and (where
+    the float32 run has that row) the batch over one CPU device per core."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from girl_jax import sampling
+    from girl_jax.models.decoder import Decoder
+
+    mixed_cfg = dataclasses.replace(cfg, matmul_dtype="bfloat16")
+    graphdef = nnx.graphdef(Decoder(mixed_cfg, rngs=nnx.Rngs(0)))
+    sampler = sampling.make_sampler(*sampling.decoder_fns(graphdef), scfg)
+    compiled = sampler.lower(params, ids, mask, key).compile()
+
+    def one():
+        return jax.block_until_ready(compiled(params, ids, mask, key).tokens)
+
+    one()  # warm-up
+    fns = {"ours_bf16": one}
+    if per_core:
+        fns["ours_bf16_per_core"] = _per_core_sampler(sampler, params, ids, mask, key)
+    return fns
+
+
+def _mixed_figures(args, cfg, shape, batch, prompt, new, times, details) -> list[dict]:
+    tok = batch * new
+    rate = {k: tok / bc.median(v) for k, v in times.items()}
+    peer_name = "transformers generate under torch.autocast(bfloat16)"
+    label = f"sampler {shape} sample batch {batch}, bf16 matmuls (float32 accumulation)"
+    out = [
+        bc.figure(
+            label,
+            "tokens/s",
+            rate["ours_bf16"],
+            rate.get("peer_autocast"),
+            peer_name,
+            note="matmuls in bf16 on both sides (matmul_dtype='bfloat16')",
+        )
+    ]
+    if "ours_bf16_per_core" in rate:
+        out.append(
+            bc.figure(
+                f"{label}, one CPU device per core",
+                "tokens/s",
+                rate["ours_bf16_per_core"],
+                rate.get("peer_autocast"),
+                peer_name,
+                note="batch over the data axis of a mesh of every device",
+            )
+        )
+    ours_best = max(v for k, v in rate.items() if k.startswith("ours"))
+    peers = {k: v for k, v in rate.items() if k.startswith("peer")}
+    if peers:
+        best = max(peers, key=peers.get)
+        out.append(
+            bc.figure(
+                f"sampler {shape} sample batch {batch}, each at its fastest setting",
+                "tokens/s",
+                ours_best,
+                peers[best],
+                f"transformers generate, fastest of float32 / autocast / bf16 weights ({best})",
+                note="ours ahead" if ours_best > peers[best] else "peer ahead",
+            )
+        )
+    peak = bc.bf16_matmul_peak_flops()
+    flops = bc.decode_flops(cfg, batch, prompt, new) / bc.median(times["ours_bf16"])
+    details["runs"][f"sample_b{batch}"]["ours_bf16_flops_per_s"] = flops
+    details["bf16_matmul_peak_flops"] = peak
+    out.append(
+        bc.figure(
+            f"{label} FLOP/s vs bf16 peak",
+            "FLOP/s",
+            flops,
+            peak,
+            "XLA bf16 x bf16 -> f32 matmul 2048^3 (measured)",
+            note="fraction of the machine's bf16 compute limit (FLOPs as bench_common)",
+        )
+    )
+    return out
 
 
 def _per_core_ok(batch: int) -> bool:
@@ -197,8 +304,18 @@ def _torch_generate_factory(model, device: str):
     if device == "gpu":
         hf = hf.to(torch.bfloat16)
 
-    def factory(ids_np, new, *, greedy):
+    models = {"float32": hf}
+
+    def factory(ids_np, new, *, greedy, precision="float32"):
+        """`precision`: "float32", "autocast" (torch.autocast(bfloat16): matmuls in bf16) or
+        "bfloat16" (the weights and every activation in bf16)."""
         factory.threads = threads
+        if precision == "bfloat16" and precision not in models:
+            models[precision] = transformers.AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.bfloat16
+            ).to(dev).eval()
+        model = models.get(precision, hf)
+        autocast = precision == "autocast"
         ids = torch.as_tensor(ids_np, dtype=torch.long, device=dev)
         mask = torch.ones_like(ids)
         kwargs = (
@@ -208,8 +325,8 @@ def _torch_generate_factory(model, device: str):
         )
 
         def gen():
-            with torch.inference_mode():
-                out = hf.generate(
+            with torch.inference_mode(), torch.autocast(dev, torch.bfloat16, enabled=autocast):
+                out = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
                     min_new_tokens=new,

@@ -120,7 +120,43 @@ def encoder_case():
     return jax.jit(step), (state, tables, batch), 3 * forward
 
 
-CASES = {"features": features_case, "encoder": encoder_case}
+def _sampler_case(matmul_dtype):
+    """`bench_sampler.py`'s target run: bench-small, sampling, batch 32, prompt 64, 128 tokens."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_common as bc
+
+    from girl_jax import sampling
+    from girl_jax.models.decoder import Decoder
+
+    cfg = bc.decoder_config("bench-small", matmul_dtype=matmul_dtype)
+    graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
+    scfg = sampling.SamplingConfig(
+        max_new_tokens=128, eos_id=None, pad_id=0, temperature=1.0, top_k=0, early_stop=False
+    )
+    sampler = sampling.make_sampler(*sampling.decoder_fns(graphdef), scfg)
+    rng = np.random.default_rng(32)
+    ids = jnp.asarray(rng.integers(1, cfg.vocab_size, (32, 64)), jnp.int32)
+    args = (params, ids, jnp.ones_like(ids), jax.random.key(0))
+    return sampler, args, bc.decode_flops(cfg, 32, 64, 128)
+
+
+def sampler_case():
+    return _sampler_case(None)
+
+
+def sampler_bf16_case():
+    """The same with bf16 matmul operands and float32 accumulation (`matmul_dtype`)."""
+    return _sampler_case("bfloat16")
+
+
+CASES = {
+    "features": features_case,
+    "encoder": encoder_case,
+    "sampler": sampler_case,
+    "sampler_bf16": sampler_bf16_case,
+}
 
 
 def op_names(compiled_text: str) -> dict[str, str]:

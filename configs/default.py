@@ -29,6 +29,9 @@ def model_config(d_model=128, num_layers=4, num_heads=4, max_len=256, family="gp
             num_kv_heads=0,  # 0: = num_heads
             mlp_dim=0,  # 0: family default
             dtype="float32",
+            # "bfloat16": projections and LM head multiply bf16 operands, accumulate in float32
+            # (the CPU's bf16 matrix units; docs/benchmarks.md "bf16 matmuls"). "": dtype.
+            matmul_dtype="",
             remat=False,
             scan_layers=False,
             lora_rank=0,

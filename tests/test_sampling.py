@@ -307,14 +307,22 @@ def test_config_validation():
 # The real decoder, driven through nnx.split / merge.
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_real_decoder_greedy_equals_full_forward(family):
+@pytest.mark.parametrize(
+    "family, matmul_dtype", [("gpt2", None), ("llama", None), ("gpt2", "bfloat16")]
+)
+def test_real_decoder_greedy_equals_full_forward(family, matmul_dtype):
     from flax import nnx
 
     from girl_jax.models.decoder import Decoder, DecoderConfig
 
     dcfg = DecoderConfig(
-        family=family, vocab_size=V, d_model=32, num_layers=2, num_heads=4, max_len=MAXLEN
+        family=family,
+        vocab_size=V,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        max_len=MAXLEN,
+        matmul_dtype=matmul_dtype,
     )
     model = Decoder(dcfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)

@@ -68,6 +68,10 @@ class DecoderConfig:
     activation: str | None = None  # None: gelu_new (gpt2, tanh approximation), silu (llama)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    # None (or ""): the compute dtype. "bfloat16" with float32 compute: the projections and the LM head
+    # multiply bf16 operands with float32 accumulation (mixed precision; attention, norms,
+    # softmax and the residual stream stay float32). Fast where the CPU has bf16 matrix units.
+    matmul_dtype: str | None = None
     remat: bool = False
     scan_layers: bool = False
     lora_rank: int = 0
@@ -75,6 +79,8 @@ class DecoderConfig:
     lora_targets: tuple[str, ...] = TARGETS
 
     def __post_init__(self):
+        if self.matmul_dtype == "":  # the config files' "unset"
+            object.__setattr__(self, "matmul_dtype", None)
         if self.family not in FAMILIES:
             raise ConfigError(
                 f"DecoderConfig.family must be one of {FAMILIES}, got {self.family!r}"
@@ -128,6 +134,11 @@ class DecoderConfig:
                 raise ConfigError(
                     f"DecoderConfig.{name} must be one of {DTYPES}, got {getattr(self, name)!r}"
                 )
+        if self.matmul_dtype is not None and self.matmul_dtype not in DTYPES:
+            raise ConfigError(
+                f"DecoderConfig.matmul_dtype must be None or one of {DTYPES}, "
+                f"got {self.matmul_dtype!r}"
+            )
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ConfigError(f"DecoderConfig.lora_rank must be an int >= 0, got {self.lora_rank}")
         if self.lora_rank and not self.lora_alpha > 0:
@@ -168,7 +179,12 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embed(
-            cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+            cfg.vocab_size,
+            cfg.d_model,
+            rngs=rngs,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            matmul_dtype=cfg.matmul_dtype,
         )
         if cfg.family == "gpt2":
             self.pos_embed = Embed(
@@ -324,6 +340,7 @@ class Decoder(Transformer):
                 rngs=rngs,
                 dtype=cfg.dtype,
                 param_dtype=cfg.param_dtype,
+                matmul_dtype=cfg.matmul_dtype,
             )
 
     def logits(self, h_BxTxD: jax.Array) -> jax.Array:

@@ -56,7 +56,14 @@ def default_positions(attention_mask_BxT: jax.Array | None, batch: int, length: 
 
 def make_proj(cfg: DecoderConfig, name: str, d_in: int, d_out: int, axes, bias: bool, rngs):
     """A Linear, or a LoRALinear when the config adapts this projection."""
-    kw = dict(axes=axes, use_bias=bias, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    kw = dict(
+        axes=axes,
+        use_bias=bias,
+        rngs=rngs,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        matmul_dtype=cfg.matmul_dtype,
+    )
     if cfg.lora_rank and name in cfg.lora_targets:
         return LoRALinear(d_in, d_out, rank=cfg.lora_rank, alpha=cfg.lora_alpha, **kw)
     return Linear(d_in, d_out, **kw)

@@ -65,6 +65,19 @@ def _dtype(name: Any) -> Any:
     return None if name is None else jnp.dtype(name)
 
 
+def matmul(x: jax.Array, w: jax.Array, dtype: Any, matmul_dtype: Any = None) -> jax.Array:
+    """``x @ w`` in `dtype`; with a narrower `matmul_dtype` (bfloat16) the two operands are cast
+    to it and the products accumulate in float32 (``preferred_element_type``), the result cast
+    back to `dtype`: mixed precision. XLA:CPU runs a bf16 x bf16 -> f32 dot on the CPU's bf16
+    matrix units (AMX / AVX512-BF16) where they exist (docs/benchmarks.md, "bf16 matmuls")."""
+    if matmul_dtype is None or jnp.dtype(matmul_dtype) == jnp.dtype(dtype):
+        return jnp.dot(x.astype(dtype), w.astype(dtype))
+    y = jnp.dot(
+        x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32
+    )
+    return y.astype(dtype)
+
+
 class Linear(nnx.Module):
     """y = x @ kernel + bias with kernel (in, out) named by `axes`."""
 
@@ -80,9 +93,10 @@ class Linear(nnx.Module):
         bias_init: Initializer = zeros_init,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        matmul_dtype: Any = None,
     ):
         self.in_features, self.out_features = in_features, out_features
-        self.dtype = _dtype(dtype)
+        self.dtype, self.matmul_dtype = _dtype(dtype), _dtype(matmul_dtype)
         self.kernel = param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype), axes
         )
@@ -95,7 +109,7 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...]
         dtype = self.dtype or jnp.result_type(x, kernel)
-        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+        y = matmul(x, kernel, dtype, self.matmul_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
@@ -114,9 +128,10 @@ class Embed(nnx.Module):
         embedding_init: Initializer = default_embed_init,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        matmul_dtype: Any = None,
     ):
         self.num_embeddings, self.features = num_embeddings, features
-        self.dtype = _dtype(dtype)
+        self.dtype, self.matmul_dtype = _dtype(dtype), _dtype(matmul_dtype)
         self.embedding = param(
             embedding_init(rngs.params(), (num_embeddings, features), param_dtype), axes
         )
@@ -131,7 +146,7 @@ class Embed(nnx.Module):
         """x [..., dim] -> x @ table.T [..., num] in x's (or the module's) dtype."""
         table = self.embedding[...]
         dtype = self.dtype or jnp.result_type(x, table)
-        return jnp.dot(x.astype(dtype), table.astype(dtype).T)
+        return matmul(x, table.T, dtype, self.matmul_dtype)
 
 
 class LayerNorm(nnx.Module):

@@ -51,6 +51,7 @@ class LoRALinear(Linear):
         kernel_init: Initializer = default_kernel_init,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        matmul_dtype: Any = None,
     ):
         super().__init__(
             in_features,
@@ -61,6 +62,7 @@ class LoRALinear(Linear):
             kernel_init=kernel_init,
             dtype=dtype,
             param_dtype=param_dtype,
+            matmul_dtype=matmul_dtype,
         )
         self.lora_scale = alpha / rank
         a_init = nnx.initializers.normal(1.0 / math.sqrt(in_features))
