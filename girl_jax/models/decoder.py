@@ -68,9 +68,9 @@ class DecoderConfig:
     activation: str | None = None  # None: gelu_new (gpt2, tanh approximation), silu (llama)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    # None (or ""): the compute dtype. "bfloat16" with float32 compute: the projections and the LM head
-    # multiply bf16 operands with float32 accumulation (mixed precision; attention, norms,
-    # softmax and the residual stream stay float32). Fast where the CPU has bf16 matrix units.
+    # None (or ""): the compute dtype. "bfloat16" with float32 compute: the projections and the
+    # LM head multiply bf16 operands with float32 accumulation (mixed precision; attention,
+    # norms, softmax and the residual stream stay float32). Fast on CPUs with bf16 matrix units.
     matmul_dtype: str | None = None
     remat: bool = False
     scan_layers: bool = False
