@@ -311,9 +311,11 @@ def _torch_generate_factory(model, device: str):
         "bfloat16" (the weights and every activation in bf16)."""
         factory.threads = threads
         if precision == "bfloat16" and precision not in models:
-            models[precision] = transformers.AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch.bfloat16
-            ).to(dev).eval()
+            models[precision] = (
+                transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+                .to(dev)
+                .eval()
+            )
         model = models.get(precision, hf)
         autocast = precision == "autocast"
         ids = torch.as_tensor(ids_np, dtype=torch.long, device=dev)

@@ -72,9 +72,7 @@ def matmul(x: jax.Array, w: jax.Array, dtype: Any, matmul_dtype: Any = None) -> 
     matrix units (AMX / AVX512-BF16) where they exist (docs/benchmarks.md, "bf16 matmuls")."""
     if matmul_dtype is None or jnp.dtype(matmul_dtype) == jnp.dtype(dtype):
         return jnp.dot(x.astype(dtype), w.astype(dtype))
-    y = jnp.dot(
-        x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32
-    )
+    y = jnp.dot(x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32)
     return y.astype(dtype)
 
 
