@@ -61,7 +61,7 @@ GOLD_PPO = dict(
 )
 
 
-VARIANTS = ("default", "varied", "plain", "gold", "smoke")
+VARIANTS = ("default", "varied", "plain", "gold", "smoke", "mixed")
 
 
 def get_config(arg=None):
@@ -306,7 +306,7 @@ def get_config(arg=None):
         max_train_interactions=0,  # 0: all
     )
 
-    for variant in variants:
+    for variant in sorted(variants, key=lambda v: v == "mixed"):  # mixed last: smoke resets model
         _apply(c, variant)
     return c
 
@@ -327,6 +327,11 @@ def _apply(c, variant):
         # Every section but ppo equals the variant it joins, so it runs on a finished workdir:
         #   rm -rf W/ppo && girl ppo --config configs/default.py:gold --workdir W
         c.ppo.update(GOLD_PPO)
+    elif variant == "mixed":
+        # Mixed precision in every decoder stage (SFT, reward, PPO, generation): bf16 matmul
+        # operands with float32 accumulation, float32 everything else. Fast on a CPU with bf16
+        # matrix units (AMX-BF16 / AVX512-BF16), slow on one without (docs/benchmarks.md).
+        c.model.matmul_dtype = "bfloat16"
     elif variant == "smoke":
         c.data.num_seekers = 300
         c.data.num_jobs = 80

@@ -115,3 +115,7 @@ def test_run_config_sets_it():
     assert dataclasses.replace(common.decoder_config(config, 97), matmul_dtype=None) == (
         common.decoder_config(load_config("configs/default.py"), 97)
     )
+    mixed = load_config("configs/default.py:mixed")
+    assert common.decoder_config(mixed, 97).matmul_dtype == "bfloat16"
+    # applied after smoke, whose model section replaces the default's
+    assert load_config("configs/default.py:mixed+smoke").model.matmul_dtype == "bfloat16"
