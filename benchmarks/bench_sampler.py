@@ -169,7 +169,7 @@ def run(args) -> dict:
                 )
             )
             if mixed:
-                figures += _mixed_figures(args, cfg, shape, batch, prompt, new, times, details)
+                figures += _mixed_figures(cfg, shape, batch, prompt, new, times, details)
     return {"figures": figures, "details": details}
 
 
@@ -204,7 +204,7 @@ def _mixed_fns(cfg, params, ids, mask, key, scfg, per_core: bool) -> dict:
     return fns
 
 
-def _mixed_figures(args, cfg, shape, batch, prompt, new, times, details) -> list[dict]:
+def _mixed_figures(cfg, shape, batch, prompt, new, times, details, peak=None) -> list[dict]:
     tok = batch * new
     rate = {k: tok / bc.median(v) for k, v in times.items()}
     peer_name = "transformers generate under torch.autocast(bfloat16)"
@@ -244,7 +244,7 @@ def _mixed_figures(args, cfg, shape, batch, prompt, new, times, details) -> list
                 note="ours ahead" if ours_best > peers[best] else "peer ahead",
             )
         )
-    peak = bc.bf16_matmul_peak_flops()
+    peak = peak or bc.bf16_matmul_peak_flops()
     flops = bc.decode_flops(cfg, batch, prompt, new) / bc.median(times["ours_bf16"])
     details["runs"][f"sample_b{batch}"]["ours_bf16_flops_per_s"] = flops
     details["bf16_matmul_peak_flops"] = peak

@@ -161,11 +161,17 @@ CASES = {
 
 def op_names(compiled_text: str) -> dict[str, str]:
     """HLO instruction name -> the jax primitive that made it (last part of op_name), with
-    the einsum's spec for a dot_general made by one ("dot_general btd,dhk->bthk")."""
+    the einsum's spec for a dot_general made by one ("dot_general btd,dhk->bthk"); an
+    instruction without an op_name (XLA made it: the decode step's attention dots over the
+    cache) gets its HLO opcode in brackets ("[dot]")."""
     out = {}
     for line in compiled_text.splitlines():
         m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
         op = re.search(r'op_name="([^"]+)"', line)
+        if m and not op:
+            opcode = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = \S+ ([\w\-]+)\(", line)
+            if opcode and opcode.group(1) not in ("parameter", "constant"):
+                out[m.group(1)] = f"[{opcode.group(1)}]"
         if m and op:
             parts = op.group(1).split("/")
             prim = re.sub(r"\(.*", "", parts[-1]) or "?"

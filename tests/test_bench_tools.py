@@ -16,11 +16,13 @@ def test_op_names_carry_the_primitive_and_the_einsum_spec():
             'metadata={op_name="jit(f)/jvp(btd,dhk->bthk)/dot_general"}',
             '  ROOT %add.1 = f32[2]{0} add(%x, %y), metadata={op_name="jit(f)/add"}',
             "  %p = f32[2]{0} parameter(0)",
+            "  %dot.7 = f32[4,1,9]{2,1,0} dot(%q, %k), lhs_batch_dims={0}",
         ]
     )
     assert profile_ops.op_names(text) == {
         "fusion.3": "dot_general btd,dhk->bthk",
         "add.1": "add",
+        "dot.7": "[dot]",  # no op_name: XLA's own instruction, by its opcode
     }
 
 
@@ -57,3 +59,37 @@ def test_encoder_attention_bench_times_both_forms_and_restores_the_model():
     assert bert.SelfAttention.__call__ is before
     assert out["probabilities_first_s"] > 0 and out["after_values_s"] > 0
     assert out["speedup"] == out["probabilities_first_s"] / out["after_values_s"]
+
+
+def test_sampler_profiles_in_both_precisions():
+    # the cases build the bench's sampler; matmul_dtype reaches the model
+    for name, mixed in (("sampler", None), ("sampler_bf16", "bfloat16")):
+        fn, args, flops = profile_ops.CASES[name]()
+        assert flops > 0 and args[1].shape == (32, 64)
+        text = fn.lower(*args).as_text()
+        assert ("bf16" in text) == (mixed is not None)
+
+
+def test_mixed_sampler_figures_compare_like_with_like():
+    import bench_common as bc
+    import bench_sampler
+
+    cfg = bc.decoder_config("bench-tiny")
+    times = {
+        "ours": [1.0],
+        "ours_bf16": [0.5],
+        "ours_bf16_per_core": [0.25],
+        "peer": [2.0],
+        "peer_autocast": [1.6],
+        "peer_bfloat16": [1.25],
+    }
+    details = {"runs": {"sample_b4": {}}}
+    rows = bench_sampler._mixed_figures(cfg, "bench-tiny", 4, 8, 8, times, details, peak=1e12)
+    by_name = {r["name"].split(", ", 1)[1]: r for r in rows}
+    assert by_name["bf16 matmuls (float32 accumulation)"]["ratio"] == 1.6 / 0.5
+    assert by_name["bf16 matmuls (float32 accumulation), one CPU device per core"]["ratio"] == 6.4
+    fastest = by_name["each at its fastest setting"]
+    assert fastest["ratio"] == 1.25 / 0.25 and fastest["note"] == "ours ahead"
+    assert "peer_bfloat16" in fastest["peer_name"]
+    flops = by_name["bf16 matmuls (float32 accumulation) FLOP/s vs bf16 peak"]
+    assert flops["ratio"] == bc.decode_flops(cfg, 4, 8, 8) / 0.5 / 1e12
