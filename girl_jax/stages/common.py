@@ -28,7 +28,7 @@ def decoder_config(config, vocab_size: int):
         num_kv_heads=m.num_kv_heads or None,
         mlp_dim=m.mlp_dim or None,
         dtype=m.dtype,
-        matmul_dtype=m.get("matmul_dtype") or None,
+        matmul_dtype=m.get("matmul_dtype"),  # "" (unset) reads as None
         remat=m.remat,
         scan_layers=m.scan_layers,
     )

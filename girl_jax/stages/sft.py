@@ -214,7 +214,7 @@ def build_state(config, mesh, rules, *, vocab_size: int, abstract: bool) -> stat
     _, model_fn = build_model_fn(config, vocab_size, config.seed)
     if cfg.init_from and not abstract:
         # the pretrained weights computed as config.model asks (bf16 matmuls or not)
-        md = config.model.get("matmul_dtype") or None
+        md = config.model.get("matmul_dtype")
         model_fn = lambda rngs: from_pretrained(cfg.init_from, matmul_dtype=md)  # noqa: E731
     return state_mod.build_train_state(
         model_fn, make_tx(cfg), mesh, rules, abstract=abstract, seed=config.seed

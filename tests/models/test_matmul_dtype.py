@@ -119,3 +119,19 @@ def test_run_config_sets_it():
     assert common.decoder_config(mixed, 97).matmul_dtype == "bfloat16"
     # applied after smoke, whose model section replaces the default's
     assert load_config("configs/default.py:mixed+smoke").model.matmul_dtype == "bfloat16"
+
+
+def test_pretrained_directory_loads_with_the_matmul_dtype(tmp_path):
+    # what sft.init_from does with config.model.matmul_dtype (sft.build_state)
+    from girl_jax.models import from_pretrained, save_pretrained
+
+    model = Decoder(_cfg(), rngs=nnx.Rngs(2))
+    save_pretrained(model, str(tmp_path / "hf"))
+    loaded = from_pretrained(str(tmp_path / "hf"), matmul_dtype="bfloat16")
+    assert loaded.cfg.matmul_dtype == "bfloat16"
+    mixed = nnx.merge(
+        nnx.graphdef(Decoder(_cfg(matmul_dtype="bfloat16"), rngs=nnx.Rngs(2))), nnx.state(model)
+    )
+    ids = jnp.asarray([[1, 5, 7, 9]], jnp.int32)
+    np.testing.assert_allclose(np.asarray(loaded(ids)[0]), np.asarray(mixed(ids)[0]), rtol=1e-6)
+    assert from_pretrained(str(tmp_path / "hf")).cfg.matmul_dtype is None
