@@ -23,7 +23,15 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-BENCHES = ("sampler", "ppo", "sft_mfu", "fsdp_memory", "reward_probe", "host_threads")
+BENCHES = (
+    "sampler",
+    "ppo",
+    "sft_mfu",
+    "dense_vjp",
+    "fsdp_memory",
+    "reward_probe",
+    "host_threads",
+)
 TRL_PYTHON = os.path.join(REPO, ".venv-trl", "bin", "python")
 
 

@@ -112,6 +112,15 @@ def test_host_threads_bench_writes_the_same_jds_on_both_sides(quick_results):
     assert fig["unit"] == "CVs/s" and fig["ours"] > 0 and fig["peer"] > 0
 
 
+def test_dense_vjp_bench_compares_equal_gradients(quick_results):
+    """The written-out backward against autodiff's: the same gradients, both sides timed."""
+    details = quick_results[0]["details"]["dense_vjp"]["details"]
+    assert details["max_abs_grad_difference"] < 1e-5
+    assert len(details["ours_s"]) == len(details["autodiff_s"]) >= 2
+    (fig,) = [f for f in quick_results[0]["figures"] if f["benchmark"] == "dense_vjp"]
+    assert fig["unit"] == "steps/s" and fig["ours"] > 0 and fig["peer"] > 0
+
+
 def test_fsdp_state_shrinks_with_fsdp(quick_results):
     rows = quick_results[0]["details"]["fsdp_memory"]["details"]["rows"]
     assert rows["2"]["device0_bytes"] < rows["1"]["device0_bytes"]

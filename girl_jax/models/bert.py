@@ -25,7 +25,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from girl_jax.errors import ConfigError, ModelError
-from girl_jax.models.layers import Embed, LayerNorm, Linear, default_kernel_init, param
+from girl_jax.models.layers import (
+    Embed,
+    LayerNorm,
+    Linear,
+    default_kernel_init,
+    matmul,
+    param,
+)
 
 POOLINGS = ("mean", "cls")
 DTYPES = ("float32", "bfloat16")
@@ -106,9 +113,9 @@ class HeadsProjection(nnx.Module):
         self.bias = param(jnp.zeros((num_heads, head_dim), jnp.float32), ("heads", "head_dim"))
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(self.dtype), kernel)
-        return y + self.bias[...].astype(self.dtype)
+        D, H, K = self.kernel.shape
+        y = matmul(x_BxTxD, self.kernel[...].reshape(D, H * K), self.dtype)  # layers.dense
+        return y.reshape(*y.shape[:-1], H, K) + self.bias[...].astype(self.dtype)
 
 
 class HeadsOutput(nnx.Module):
@@ -123,8 +130,9 @@ class HeadsOutput(nnx.Module):
         self.bias = param(jnp.zeros((d_model,), jnp.float32), ("embed",))
 
     def __call__(self, x_BxTxHxK: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.einsum("bthk,hkd->btd", x_BxTxHxK.astype(self.dtype), kernel)
+        H, K, D = self.kernel.shape
+        x = x_BxTxHxK.reshape(*x_BxTxHxK.shape[:-2], H * K)
+        y = matmul(x, self.kernel[...].reshape(H * K, D), self.dtype)  # layers.dense
         return y + self.bias[...].astype(self.dtype)
 
 

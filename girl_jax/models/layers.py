@@ -10,6 +10,7 @@ same way with no mesh, under ``nnx.eval_shape`` and under ``jax.set_mesh``, and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,15 +66,76 @@ def _dtype(name: Any) -> Any:
     return None if name is None else jnp.dtype(name)
 
 
-def matmul(x: jax.Array, w: jax.Array, dtype: Any, matmul_dtype: Any = None) -> jax.Array:
-    """``x @ w`` in `dtype`; with a narrower `matmul_dtype` (bfloat16) the two operands are cast
-    to it and the products accumulate in float32 (``preferred_element_type``), the result cast
-    back to `dtype`: mixed precision. XLA:CPU runs a bf16 x bf16 -> f32 dot on the CPU's bf16
-    matrix units (AMX / AVX512-BF16) where they exist (docs/benchmarks.md, "bf16 matmuls")."""
-    if matmul_dtype is None or jnp.dtype(matmul_dtype) == jnp.dtype(dtype):
-        return jnp.dot(x.astype(dtype), w.astype(dtype))
-    y = jnp.dot(x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32)
-    return y.astype(dtype)
+def matmul(
+    x: jax.Array, w: jax.Array, dtype: Any, matmul_dtype: Any = None, *, w_transposed=False
+) -> jax.Array:
+    """``x @ w`` (``x @ w.T`` with `w_transposed`) in `dtype`; with a narrower `matmul_dtype`
+    (bfloat16) the two operands are cast to it and the products accumulate in float32
+    (``preferred_element_type``), the result cast back to `dtype`: mixed precision. XLA:CPU runs
+    a bf16 x bf16 -> f32 dot on the CPU's bf16 matrix units (AMX / AVX512-BF16) where they exist
+    (docs/benchmarks.md, "bf16 matmuls").
+
+    A 2-D `w` goes through `dense`, whose backward writes the weight gradient as one contraction
+    over the token rows (see there)."""
+    x, w = x.astype(dtype), w.astype(dtype)
+    md = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
+    md = None if md == jnp.dtype(dtype) else md
+    if w.ndim == 2:
+        return dense(x, w, w_transposed, md)
+    w = jnp.swapaxes(w, -1, -2) if w_transposed else w
+    if md is None:
+        return jnp.dot(x, w)
+    return jnp.dot(x.astype(md), w.astype(md), preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _dense_dot(x, w, w_transposed, md):
+    """x [..., i] . w [i, o] (w [o, i] when transposed) -> [..., o], operands in `md` if set."""
+    if md is not None:
+        x, w = x.astype(md), w.astype(md)
+    dims = (((x.ndim - 1,), (1 if w_transposed else 0,)), ((), ()))
+    pet = None if md is None else jnp.float32
+    return jax.lax.dot_general(x, w, dims, preferred_element_type=pet)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense(x: jax.Array, w: jax.Array, w_transposed: bool, md: Any) -> jax.Array:
+    """The projection every Linear and tied LM head runs: ``x @ w`` (``x @ w.T``), in x's dtype.
+
+    The same values and gradients as autodiff of the dot; the backward is written out because
+    XLA:CPU lays out autodiff's weight gradient (a dot contracting the token rows of both
+    operands, reached through a transpose) by first copying the output gradient or the input
+    into a transposed [out, tokens] buffer: 20-30 ms a projection at PPO's 8192 rows on a
+    2-core CPU, with one core idle. Written as ``einsum("ni,no->io")`` on the rows it is one dot
+    with no copy (`benchmarks/bench_dense_vjp.py`; docs/benchmarks.md). `md` (bfloat16) casts
+    both operands of all three products and accumulates in float32, as the forward does.
+    """
+    return _dense_dot(x, w, w_transposed, md).astype(x.dtype)
+
+
+def _dense_fwd(x, w, w_transposed, md):
+    # The residuals are the operands as the dots read them (bf16 under `md`: half the memory).
+    xc, wc = (x.astype(md), w.astype(md)) if md is not None else (x, w)
+    return _dense_dot(xc, wc, w_transposed, md).astype(x.dtype), (xc, wc)
+
+
+def _dense_bwd(w_transposed, md, res, g):
+    # `matmul` hands `dense` x and w in one dtype, the output's: g's.
+    x, w = res
+    pet = None if md is None else jnp.float32
+    gc = g.astype(md) if md is not None else g
+    n_in, n_out = x.shape[-1], g.shape[-1]
+    x2, g2 = x.reshape(-1, n_in), gc.reshape(-1, n_out)
+    # dx = g . w^T: contract the output features (w's dim 1, or dim 0 when stored transposed).
+    dx = jax.lax.dot_general(
+        gc, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())), preferred_element_type=pet
+    )
+    # dw: one contraction over the token rows, written so XLA:CPU needs no transposed copy.
+    spec = "no,ni->oi" if w_transposed else "ni,no->io"
+    dw = jnp.einsum(spec, *((g2, x2) if w_transposed else (x2, g2)), preferred_element_type=pet)
+    return dx.astype(g.dtype), dw.astype(g.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 class Linear(nnx.Module):
@@ -144,7 +206,7 @@ class Embed(nnx.Module):
         """x [..., dim] -> x @ table.T [..., num] in x's (or the module's) dtype."""
         table = self.embedding[...]
         dtype = self.dtype or jnp.result_type(x, table)
-        return matmul(x, table.T, dtype, self.matmul_dtype)
+        return matmul(x, table, dtype, self.matmul_dtype, w_transposed=True)
 
 
 class LayerNorm(nnx.Module):
