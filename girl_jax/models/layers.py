@@ -77,7 +77,7 @@ def matmul(
 
     A 2-D `w` goes through `dense`, whose backward writes the weight gradient as one contraction
     over the token rows (see there)."""
-    x, w = x.astype(dtype), w.astype(dtype)
+    x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)  # a NumPy weight (a frozen head) too
     md = None if matmul_dtype is None else jnp.dtype(matmul_dtype)
     md = None if md == jnp.dtype(dtype) else md
     if w.ndim == 2:

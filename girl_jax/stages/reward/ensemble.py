@@ -108,7 +108,9 @@ def ensemble_scores(graphdef, params, stacked_head_params, ids, mask, response_m
     def one(head_params):
         return nnx.merge(head_graphdef, head_params)(feats).astype(jnp.float32)
 
-    return jax.vmap(one)(stacked_head_params)
+    # NumPy leaves (a judge loaded from disk) as jax arrays: vmap would hand `layers.dense`
+    # (a custom_vjp) tracers over NumPy constants, which jax rejects.
+    return jax.vmap(one)(jax.tree.map(jnp.asarray, stacked_head_params))
 
 
 def ensemble_member_params(graphdef, params, stacked_head_params, k: int):
