@@ -159,23 +159,29 @@ def peak_flops(device: str, quick: bool) -> tuple[float, str]:
     return matmul_peak_flops(n, 2 if quick else 5), f"numpy float32 matmul {n}^3 (measured)"
 
 
-def best_torch_threads(max_threads: int | None = None) -> tuple[int, dict[str, float]]:
-    """Sets torch to the faster of 1 and `os.cpu_count()` threads on a small-op probe.
+def best_torch_threads(
+    max_threads: int | None = None, rows: int = 32, calls: int = 200
+) -> tuple[int, dict[str, float]]:
+    """Sets torch to the faster of 1 and `os.cpu_count()` threads on a probe of the peer's own
+    op size: `calls` GELU(x @ w) with x [rows, 256], w [256, 1024] (a decode step: 32 rows;
+    PPO's update: 64 x 64 rows, where the matmuls are large enough for every core to pay).
 
     On a loaded machine OpenMP's spinning threads make torch several times slower with 2
     threads than with 1 (measured here: 15-18 vs 140-160 tokens/s for `generate`); the
     peer gets whichever setting serves it best right now. Returns (threads, probe seconds).
+    (2026-12-05: the 32-row probe picked 1 thread for TRL's PPO, which then ran 3x slower than
+    on 2 threads the day before; the worker now probes at its update's size.)
     """
     import torch
 
     max_threads = max_threads or os.cpu_count() or 1
-    x, w = torch.randn(32, 256), torch.randn(256, 1024)
+    x, w = torch.randn(rows, 256), torch.randn(256, 1024)
     probe = {}
     for threads in sorted({1, max_threads}) * 2:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for _ in range(200):
+            for _ in range(calls):
                 torch.nn.functional.gelu(x @ w).sum()
         dt = time.perf_counter() - t0
         probe[str(threads)] = min(dt, probe.get(str(threads), float("inf")))

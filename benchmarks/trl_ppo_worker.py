@@ -54,7 +54,7 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_common
 
-    threads, probe = bench_common.best_torch_threads()
+    threads, probe = bench_common.best_torch_threads(rows=64 * 64, calls=10)
     torch.manual_seed(0)
     hf_cfg = json.load(open(os.path.join(args.model_dir, "config.json")))
     vocab = hf_cfg["vocab_size"]
