@@ -45,7 +45,7 @@ def run(args) -> dict:
         return -jnp.take_along_axis(logp, ids[:, 1:, None], -1).mean()
 
     def plain(x, w, w_transposed, md):  # the dot autodiff differentiates: the peer
-        return layers._dense_dot(x, w, w_transposed, md).astype(x.dtype)
+        return layers._dense_dot(*layers._cast(md, x, w), w_transposed, md).astype(x.dtype)
 
     ours = jax.jit(jax.grad(loss))
     original = layers.dense

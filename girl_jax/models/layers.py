@@ -88,13 +88,17 @@ def matmul(
     return jnp.dot(x.astype(md), w.astype(md), preferred_element_type=jnp.float32).astype(dtype)
 
 
+def _cast(md, *arrays):
+    return arrays if md is None else tuple(a.astype(md) for a in arrays)
+
+
 def _dense_dot(x, w, w_transposed, md):
-    """x [..., i] . w [i, o] (w [o, i] when transposed) -> [..., o], operands in `md` if set."""
-    if md is not None:
-        x, w = x.astype(md), w.astype(md)
+    """x [..., i] . w [i, o] (w [o, i] when transposed) -> [..., o]; operands already in `md`
+    (if set), accumulated in float32 then."""
     dims = (((x.ndim - 1,), (1 if w_transposed else 0,)), ((), ()))
-    pet = None if md is None else jnp.float32
-    return jax.lax.dot_general(x, w, dims, preferred_element_type=pet)
+    return jax.lax.dot_general(
+        x, w, dims, preferred_element_type=None if md is None else jnp.float32
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -109,29 +113,25 @@ def dense(x: jax.Array, w: jax.Array, w_transposed: bool, md: Any) -> jax.Array:
     with no copy (`benchmarks/bench_dense_vjp.py`; docs/benchmarks.md). `md` (bfloat16) casts
     both operands of all three products and accumulates in float32, as the forward does.
     """
-    return _dense_dot(x, w, w_transposed, md).astype(x.dtype)
+    return _dense_dot(*_cast(md, x, w), w_transposed, md).astype(x.dtype)
 
 
 def _dense_fwd(x, w, w_transposed, md):
     # The residuals are the operands as the dots read them (bf16 under `md`: half the memory).
-    xc, wc = (x.astype(md), w.astype(md)) if md is not None else (x, w)
+    xc, wc = _cast(md, x, w)
     return _dense_dot(xc, wc, w_transposed, md).astype(x.dtype), (xc, wc)
 
 
 def _dense_bwd(w_transposed, md, res, g):
     # `matmul` hands `dense` x and w in one dtype, the output's: g's.
     x, w = res
-    pet = None if md is None else jnp.float32
-    gc = g.astype(md) if md is not None else g
-    n_in, n_out = x.shape[-1], g.shape[-1]
-    x2, g2 = x.reshape(-1, n_in), gc.reshape(-1, n_out)
-    # dx = g . w^T: contract the output features (w's dim 1, or dim 0 when stored transposed).
-    dx = jax.lax.dot_general(
-        gc, w, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())), preferred_element_type=pet
-    )
+    (gc,) = _cast(md, g)
+    # dx = g . w^T: the forward's dot with w read the other way round.
+    dx = _dense_dot(gc, w, not w_transposed, md)
     # dw: one contraction over the token rows, written so XLA:CPU needs no transposed copy.
-    spec = "no,ni->oi" if w_transposed else "ni,no->io"
-    dw = jnp.einsum(spec, *((g2, x2) if w_transposed else (x2, g2)), preferred_element_type=pet)
+    x2, g2 = x.reshape(-1, x.shape[-1]), gc.reshape(-1, g.shape[-1])
+    spec, args = ("no,ni->oi", (g2, x2)) if w_transposed else ("ni,no->io", (x2, g2))
+    dw = jnp.einsum(spec, *args, preferred_element_type=None if md is None else jnp.float32)
     return dx.astype(g.dtype), dw.astype(g.dtype)
 
 
