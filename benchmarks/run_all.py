@@ -28,6 +28,7 @@ BENCHES = (
     "ppo",
     "sft_mfu",
     "dense_vjp",
+    "logprobs",
     "fsdp_memory",
     "reward_probe",
     "host_threads",

@@ -121,6 +121,15 @@ def test_dense_vjp_bench_compares_equal_gradients(quick_results):
     assert fig["unit"] == "steps/s" and fig["ours"] > 0 and fig["peer"] > 0
 
 
+def test_logprobs_bench_compares_equal_gradients(quick_results):
+    """The fused log-probs + entropy against autodiff of the textbook formulas."""
+    details = quick_results[0]["details"]["logprobs"]["details"]
+    assert details["max_abs_grad_difference"] < 1e-4 * max(details["max_abs_grad"], 1.0)
+    assert len(details["ours_s"]) == len(details["textbook_s"]) >= 2
+    (fig,) = [f for f in quick_results[0]["figures"] if f["benchmark"] == "logprobs"]
+    assert fig["unit"] == "steps/s" and fig["ours"] > 0 and fig["peer"] > 0
+
+
 def test_fsdp_state_shrinks_with_fsdp(quick_results):
     rows = quick_results[0]["details"]["fsdp_memory"]["details"]["rows"]
     assert rows["2"]["device0_bytes"] < rows["1"]["device0_bytes"]

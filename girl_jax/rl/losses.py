@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from girl_jax.errors import ConfigError
-from girl_jax.rl import registry
+from girl_jax.rl import logprobs, registry
 from girl_jax.rl.masked import masked_mean, masked_sum  # noqa: F401  (public here too)
 
 Array = jax.Array
@@ -246,11 +246,9 @@ def plain_value_loss(values: Array, returns: Array, mask: Array) -> tuple[Array,
 
 
 def entropy_per_token(logits_BxTxV: Array) -> Array:
-    """Entropy of softmax(logits) per position, from a stable log_softmax."""
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    p_BxTxV = jnp.exp(logp_BxTxV)
-    # p * log p is 0 for p == 0 (also where logits were -inf).
-    return -jnp.sum(jnp.where(p_BxTxV > 0, p_BxTxV * logp_BxTxV, 0.0), axis=-1)
+    """Entropy of softmax(logits) per position (`girl_jax.rl.logprobs`: p log p is 0 where
+    p == 0, also where logits were -inf)."""
+    return logprobs.entropy(logits_BxTxV)
 
 
 def entropy_from_logits(logits_BxTxV: Array, mask: Array) -> Array:

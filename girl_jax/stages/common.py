@@ -13,6 +13,7 @@ from girl_jax.errors import ConfigError, NumericsError
 from girl_jax.models.decoder import DecoderConfig
 from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
+from girl_jax.rl import logprobs
 
 
 def decoder_config(config, vocab_size: int):
@@ -75,11 +76,9 @@ def _decay_mask(params):
 
 
 def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array, temperature: float = 1.0):
-    """log p(target) under softmax(logits / temperature), in float32."""
-    logits = logits_BxTxV.astype(jnp.float32) / temperature
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
-    return picked - logz
+    """log p(target) under softmax(logits / temperature), in float32 (`girl_jax.rl.logprobs`:
+    one pass over the vocabulary in the backward)."""
+    return logprobs.token_logprobs(logits_BxTxV, targets_BxT, temperature)
 
 
 def all_finite(*trees) -> jax.Array:

@@ -29,7 +29,7 @@ from girl_jax import sampling
 from girl_jax.models import lora
 from girl_jax.rl import advantages as adv_mod
 from girl_jax.rl import ensemble as ens_mod
-from girl_jax.rl import filters, registry, shaping
+from girl_jax.rl import filters, logprobs, registry, shaping
 from girl_jax.rl import kl as kl_mod
 from girl_jax.rl import losses as loss_mod
 from girl_jax.stages import common
@@ -247,12 +247,13 @@ def ppo_objective(logits, v, mb, kl_coef, hyper, *, cfg: PPOConfig):
     """The loss on the actor's response logits and the critic's values (None without one)."""
     hp = hparams(cfg, hyper)
     logits = logits.astype(jnp.float32) / cfg.temperature
-    logp = common.token_logprobs(logits, mb["resp"])
+    # one pass over the vocabulary forward and one backward for both (girl_jax/rl/logprobs.py)
+    logp, entropy_BxT = logprobs.logprobs_and_entropy(logits, mb["resp"])
     m = mb["resp_mask"]
     pg_loss, pm = registry.get("policy_loss", cfg.policy_loss)(
         logp, mb["logp_old"], mb["advantages"], m, config=hp
     )
-    entropy = loss_mod.entropy_from_logits(logits, m)
+    entropy = loss_mod.masked_mean(entropy_BxT, m)
     total = pg_loss - hp["ent_coef"] * entropy
     metrics = dict(policy_loss=pg_loss, entropy=entropy, **pm)
     if cfg.needs_critic:
