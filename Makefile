@@ -41,11 +41,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check girl_jax tests configs benchmarks scripts
 	$(BIN)/ruff format --check girl_jax tests configs benchmarks
 
-# TRL, the PPO benchmark's peer, in its own venv (torch's CPU wheel; transformers < 5 for TRL).
+# TRL, the PPO benchmark's peer, in its own venv (torch's CPU wheel), every package pinned.
 TRL_VENV ?= .venv-trl
-$(TRL_VENV)/.installed:
+$(TRL_VENV)/.installed: benchmarks/trl-constraints.txt
 	$(PY) -m venv $(TRL_VENV)
-	$(TRL_VENV)/bin/pip install -q torch==2.13.0 trl==1.12.0
+	$(TRL_VENV)/bin/pip install -q -c benchmarks/trl-constraints.txt torch==2.13.0 trl==1.12.0
 	touch $@
 
 bench: $(VENV)/.installed-test $(TRL_VENV)/.installed

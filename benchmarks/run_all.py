@@ -102,6 +102,12 @@ def fmt(x, unit: str = "") -> str:
     return f"{x:.3g}"
 
 
+def trl_venv_versions(versions: dict) -> str:
+    """`; .venv-trl: torch X, transformers Y, ...` (the peer's own packages), or ''."""
+    env = versions.get("trl_venv") or {}
+    return "; .venv-trl: " + ", ".join(f"{k} {v}" for k, v in env.items()) if env else ""
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -111,7 +117,8 @@ def markdown(results: dict) -> str:
         f" · load average before {meta['loadavg_before']} after {meta['loadavg_after']}",
         "",
         "Versions: "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if isinstance(v, str)),
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if isinstance(v, str))
+        + trl_venv_versions(meta["versions"]),
         "",
         "| benchmark | ours | peer | peer is | ratio | target | met |",
         "|---|---|---|---|---|---|---|",

@@ -69,6 +69,8 @@ def test_meta_records_versions_cpu_date_and_load(quick_results):
 
 def test_markdown_table_has_a_row_per_figure(quick_results):
     results, md, stdout = quick_results
+    if HAS_TRL:  # the peer's own packages are named beside ours
+        assert "; .venv-trl: " in md and "transformers " in md.split(".venv-trl: ")[1]
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(results["figures"])  # header + figures
     assert md.strip() in stdout

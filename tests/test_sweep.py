@@ -199,48 +199,35 @@ def test_sweep_table_png_and_resume_with_stand_in_ppo(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- end to end
 
 
-TINY_BUILD = (
-    "--config.data.num_seekers=120",
-    "--config.data.num_jobs=40",
-    "--config.sft.steps=4",
-    "--config.sft.eval_every=4",
-    "--config.sft.checkpoint_every=4",
-    "--config.sft.log_every=2",
-    "--config.sft.max_prompt_len=64",
-    "--config.sft.max_response_len=32",
-    "--config.sft.num_eval_samples=8",
-    "--config.reward.steps=0",
-    "--config.reward.probe_epochs=1",
-    "--config.ppo.iterations=2",
+# The cells' PPO settings on top of the shared tiny run's (tests/tiny_run.py: its data, sft and
+# reward stages are the sweep's starting point, so this test trains no SFT or reward model).
+CELL_PPO = (
     "--config.ppo.batch_size=8",
     "--config.ppo.group_size=2",
     "--config.ppo.advantage=grpo",
     "--config.ppo.epochs=1",
-    "--config.ppo.max_new_tokens=16",
-    "--config.ppo.num_eval_prompts=8",
     "--config.ppo.checkpoint_every=2",
 )
 
 
 @pytest.mark.slow
-def test_sweep_end_to_end(tmp_path, monkeypatch):
-    """A 2 x 2 grid x 2 seeds of real PPO cells from one tiny SFT + reward model, via the CLI.
+def test_sweep_end_to_end(tiny_run, tmp_path, monkeypatch):
+    """A 2 x 2 grid x 2 seeds of real PPO cells from the shared tiny run's SFT and reward model
+    (tests/tiny_run.py), via the CLI.
 
     The axes are kl_coef (a value in the KL controller's state) and eval_every (host side
     only), so every cell runs the same XLA programs: with the persistent compilation cache
     that `girl` turns on, only the first cell compiles.
     """
-    w = str(tmp_path / "w")
-    for stage in ("sft", "reward"):
-        res = run_cli([stage, "--config", CONFIG, "--workdir", w, *TINY_BUILD])
-        assert res.code == 0 and res.error is None, (res.error, res.stderr[-3000:])
-    argv = ["sweep", "--config", CONFIG, "--workdir", w, *TINY_BUILD, "--seeds", "0,1"]
-    # The tiny RM ties the samples of a group, so GRPO's advantages are float noise that
-    # whitening and Adam turn into the update. With `reuse_rollout_forward` the old log-probs
-    # come from a linearized forward whose rounding differs from the reference forward's by
-    # ~1e-8 (the KL at the first iteration is then noise, not exactly 0), and that noise differs
-    # between the batched (vmapped) and the solo program: the cells part ways by chance. The
-    # reuse under vmap: tests/test_sweep_vmap.py (non-tied rewards).
+    w = tiny_run.copy(str(tmp_path / "w"), stages=sweep.SHARED_STAGES)
+    overrides = [*tiny_run.overrides, *CELL_PPO]
+    argv = ["sweep", "--config", CONFIG, "--workdir", w, *overrides, "--seeds", "0,1"]
+    # The tiny RM (8 steps) can tie the samples of a group; GRPO's advantages are then float
+    # noise that whitening and Adam turn into the update. With `reuse_rollout_forward` the old
+    # log-probs come from a linearized forward whose rounding differs from the reference
+    # forward's by ~1e-8 (the KL at the first iteration is then noise, not exactly 0), and that
+    # noise differs between the batched (vmapped) and the solo program: the cells part ways by
+    # chance. The reuse under vmap: tests/test_sweep_vmap.py (non-tied rewards).
     argv += ["--config.ppo.reuse_rollout_forward=False"]
     argv += ["--grid", "ppo.kl_coef=0.05,0.2", "--grid", "ppo.eval_every=1,2", "--name", "e2e"]
     t0 = time.time()
@@ -291,7 +278,7 @@ def test_sweep_end_to_end(tmp_path, monkeypatch):
         rows = [read_metrics(os.path.join(w, c["dir"], "ppo")) for c in (solo_cell, v_cell)]
         assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
         # The first iteration's rollout (the untouched policy: same samples, same rewards) agrees;
-        # after it, this tiny RM's tied groups make GRPO's update float noise (see above), which
+        # after it, the tiny RM's tied groups can make GRPO's update float noise (see above), which
         # Adam amplifies differently in the batched program: the cells may part ways by chance.
         # That vmapped cells follow their solo trajectories is tests/test_sweep_vmap.py's job
         # (non-tied rewards, several iterations).
