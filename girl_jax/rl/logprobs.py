@@ -87,3 +87,15 @@ def token_logprobs(logits: Array, targets: Array, temperature: float = 1.0) -> A
 def entropy(logits: Array) -> Array:
     """Entropy of softmax(logits) per position, float32."""
     return logprobs_and_entropy(logits, jnp.zeros(logits.shape[:-1], jnp.int32))[1]
+
+
+def textbook_logprobs_and_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
+    """The same two values as `logprobs_and_entropy` by autodiff of the textbook formulas
+    (`logsumexp` + `take_along_axis`, `log_softmax` entropy): what the pipeline computed before,
+    the reference of tests/rl/test_logprobs.py and the peer of benchmarks/bench_logprobs.py.
+    Its entropy gradient is NaN on rows with -inf logits."""
+    x = logits.astype(jnp.float32)
+    logp = jnp.take_along_axis(x, targets[..., None], -1)[..., 0] - jax.nn.logsumexp(x, -1)
+    lsm = jax.nn.log_softmax(x, -1)
+    p = jnp.exp(lsm)
+    return logp, -jnp.sum(jnp.where(p > 0, p * lsm, 0.0), -1)

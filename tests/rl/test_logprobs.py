@@ -24,13 +24,7 @@ def np_stats(logits, targets):
     return logp, -plogp.sum(-1)
 
 
-def textbook(logits, targets):
-    """What the pipeline computed before: logsumexp + gather, log_softmax entropy."""
-    x = logits.astype(jnp.float32)
-    logp = jnp.take_along_axis(x, targets[..., None], -1)[..., 0] - jax.nn.logsumexp(x, -1)
-    lsm = jax.nn.log_softmax(x, -1)
-    p = jnp.exp(lsm)
-    return logp, -jnp.sum(jnp.where(p > 0, p * lsm, 0.0), -1)
+textbook = logprobs.textbook_logprobs_and_entropy
 
 
 def data(seed, scale=3.0):
