@@ -32,6 +32,7 @@ BENCHES = (
     "fsdp_memory",
     "reward_probe",
     "host_threads",
+    "rows_per_pass",
 )
 TRL_PYTHON = os.path.join(REPO, ".venv-trl", "bin", "python")
 

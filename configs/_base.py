@@ -59,6 +59,10 @@ def scale_config(name: str, *, model: dict, mesh: dict, sft=(), reward=(), ppo=(
     c.sft.update(dict(sft))
     c.reward.update(dict(reward))
     c.reward.update(PRETRAINED_REWARD)
+    # accelerators: every rollout row in one pass and big generation batches (the default's 32
+    # suit a CPU's caches, configs/default.py)
+    c.ppo.update(rollout_rows_per_pass=0)
+    c.generate.batch_size = 128
     c.ppo.update(dict(ppo))
     return c
 

@@ -114,6 +114,18 @@ def test_host_threads_bench_writes_the_same_jds_on_both_sides(quick_results):
     assert fig["unit"] == "CVs/s" and fig["ours"] > 0 and fig["peer"] > 0
 
 
+def test_rows_per_pass_bench_times_both_samplers(quick_results):
+    """The rollout decoded in passes against one pass: the same sampler, both sides timed."""
+    details = quick_results[0]["details"]["rows_per_pass"]["details"]
+    assert 0 < details["rows_per_pass"] < details["batch"]
+    assert details["greedy_tokens_identical"] is True  # batch size does not change greedy JDs
+    times = details["times_s"]
+    assert len({len(times[k]) for k in times}) == 1 and len(times["passes"]) >= 2
+    figs = [f for f in quick_results[0]["figures"] if f["benchmark"] == "rows_per_pass"]
+    assert len(figs) == 2
+    assert all(f["unit"] == "rows/s" and f["ours"] > 0 and f["peer"] > 0 for f in figs)
+
+
 def test_dense_vjp_bench_compares_equal_gradients(quick_results):
     """The written-out backward against autodiff's: the same gradients, both sides timed."""
     details = quick_results[0]["details"]["dense_vjp"]["details"]

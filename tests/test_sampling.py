@@ -730,3 +730,66 @@ def test_copy_bias_config_validation_and_off_by_default():
     for bad in (0.0, -1.5, True, "2"):
         with pytest.raises(ConfigError, match="encoder_repetition_penalty"):
             sampling.SamplingConfig(**base, encoder_repetition_penalty=bad)
+
+
+# Decoding a batch in passes (`rows_per_pass`): pass c is a one-pass `sample` of rows c::C.
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_rows_per_pass_equals_one_pass_of_each_strided_group(greedy):
+    params = toy_params(7)
+    ids, mask = left_padded_prompts(7, batch=8)
+    base = dict(max_new_tokens=9, pad_id=0, greedy=greedy, temperature=0.8)
+    base["eos_id"] = common_eos(params, ids, mask, 9)  # early stop differs per pass
+    rng = jax.random.key(3)
+    out = sampling.make_sampler(
+        toy_step, toy_init_cache, sampling.SamplingConfig(**base, rows_per_pass=2)
+    )(params, ids, mask, rng)
+    one = sampling.make_sampler(toy_step, toy_init_cache, sampling.SamplingConfig(**base))
+    C = 4
+    for c, key in enumerate(jax.random.split(rng, C)):
+        ref = one(params, ids[c::C], mask[c::C], key)
+        for got, want in zip(out, ref):
+            np.testing.assert_allclose(np.asarray(got)[c::C], want, atol=1e-6)
+    if greedy:  # greedy tokens do not depend on the split at all
+        ref, _ = reference_greedy(params, ids, mask, 9, eos_id=base["eos_id"], pad_id=0)
+        np.testing.assert_array_equal(out.tokens, ref)
+    # a pass as big as the batch is one pass
+    same = sampling.make_sampler(
+        toy_step, toy_init_cache, sampling.SamplingConfig(**base, rows_per_pass=8)
+    )(params, ids, mask, rng)
+    np.testing.assert_array_equal(same.tokens, one(params, ids, mask, rng).tokens)
+
+
+def test_rows_per_pass_validation():
+    with pytest.raises(ConfigError, match="rows_per_pass"):
+        sampling.SamplingConfig(max_new_tokens=3, eos_id=1, pad_id=0, rows_per_pass=-1)
+    cfg = sampling.SamplingConfig(max_new_tokens=3, eos_id=1, pad_id=0, rows_per_pass=3)
+    ids, mask = left_padded_prompts(0, batch=8)
+    with pytest.raises(ConfigError, match="rows_per_pass=3 must divide the batch of 8"):
+        sampling.make_sampler(toy_step, toy_init_cache, cfg)(
+            toy_params(), ids, mask, jax.random.key(0)
+        )
+
+
+def test_rows_per_pass_sharded_equals_single_device():
+    """A batch laid out over 8 devices, decoded in passes: the single-device tokens."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    if len(devices) < 8:
+        pytest.skip("needs 8 devices")
+    params = toy_params(8)
+    ids, mask = left_padded_prompts(8, batch=32)
+    cfg = sampling.SamplingConfig(
+        max_new_tokens=6, eos_id=None, pad_id=0, temperature=0.9, rows_per_pass=8
+    )
+    rng = jax.random.key(5)
+    want = sampling.make_sampler(toy_step, toy_init_cache, cfg)(params, ids, mask, rng)
+    rows = NamedSharding(Mesh(np.array(devices[:8]), ("data",)), PartitionSpec("data"))
+    sharded = sampling.make_sampler(
+        toy_step, toy_init_cache, cfg, in_shardings=(None, rows, rows, None)
+    )
+    got = sharded(params, jax.device_put(ids, rows), jax.device_put(mask, rows), rng)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)

@@ -29,8 +29,15 @@ def _default():
     return module
 
 
+def accelerator(c):
+    # Added with the CPU's 32-row passes (configs/default.py, 2026-12-05): a scale config
+    # decodes every rollout row in one pass and generates in batches of 128.
+    c.ppo.update(rollout_rows_per_pass=0)
+    c.generate.batch_size = 128
+
+
 def _gpt2_xl_before(d):
-    # configs/gpt2_xl_ppo.py's get_config before configs/_base.py, verbatim.
+    # configs/gpt2_xl_ppo.py's get_config before configs/_base.py, verbatim (+ `accelerator`).
     c = d.get_config(None)
     c.name = "gpt2_xl_ppo"
     c.tokenizer.vocab_size = 50257
@@ -39,12 +46,13 @@ def _gpt2_xl_before(d):
     c.mesh.update(data=4, fsdp=-1, tensor=1)
     c.sft.update(batch_size=64, max_prompt_len=256, max_response_len=256)
     c.reward.update(batch_size=64, feature_layer=0, match_features=False)
+    accelerator(c)
     c.ppo.update(batch_size=64, minibatches=2, max_new_tokens=256)
     return c
 
 
 def _llama2_7b_before(d):
-    # configs/llama2_7b_ppo.py's get_config before configs/_base.py, verbatim.
+    # configs/llama2_7b_ppo.py's get_config before configs/_base.py, verbatim (+ `accelerator`).
     c = d.get_config(None)
     c.name = "llama2_7b_ppo"
     c.tokenizer.vocab_size = 32000
@@ -57,6 +65,7 @@ def _llama2_7b_before(d):
         batch_size=256, max_prompt_len=512, max_response_len=512, grad_accum=1, learning_rate=2e-5
     )
     c.reward.update(batch_size=256, learning_rate=1e-5, feature_layer=0, match_features=False)
+    accelerator(c)
     c.ppo.update(
         batch_size=256,
         minibatches=4,
@@ -78,6 +87,7 @@ def test_composed_config_resolves_as_before(name, before):
     # spot checks, so that a change to both sides of the comparison is seen too
     assert now["model"]["dtype"] == "bfloat16" and now["model"]["scan_layers"] is True
     assert now["reward"]["feature_layer"] == 0 and now["reward"]["match_features"] is False
+    assert now["ppo"]["rollout_rows_per_pass"] == 0 and now["generate"]["batch_size"] == 128
 
 
 @pytest.mark.parametrize("name", SMOKE_SHAPED)

@@ -14,6 +14,13 @@ from girl_jax import host_threads, sampling
 from girl_jax.data import batches
 from girl_jax.data import market as market_mod
 
+# Rows per sampler call in the stages' evaluations (and `generate.batch_size` in
+# configs/default.py). On a CPU a smaller batch decodes faster per row: its KV cache stays in
+# the processor's caches (batch 32 against 128: 1.5x the rows per second for the default model
+# on the 2-core VM, docs/benchmarks.md "Generation batch size"), and `host_threads` keeps two
+# batches in flight, one per core. An accelerator wants larger batches: set them per config.
+EVAL_BATCH = 32
+
 # The decoding options of `generate.*` that change greedy JDs, with the value that turns each off.
 GUARD_KEYS = (
     ("repetition_penalty", 1.0),

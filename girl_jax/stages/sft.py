@@ -28,7 +28,7 @@ from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common
-from girl_jax.stages.generator import Generator, score_texts
+from girl_jax.stages.generator import EVAL_BATCH, Generator, score_texts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +288,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         max_prompt_len=cfg.max_prompt_len,
         max_new_tokens=cfg.max_response_len,
         greedy=True,
-        batch_size=max(1, min(64, len(eval_ids))),
+        batch_size=max(1, min(EVAL_BATCH, len(eval_ids))),
     )
 
     def evaluate(step):

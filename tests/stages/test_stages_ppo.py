@@ -249,7 +249,31 @@ def test_config_errors_name_keys():
     c.rollout_copy_bias, c.old_logprobs = 1.5, "sampler"
     with pytest.raises(ConfigError, match="rollout_copy_bias != 1 needs"):
         ppo.PPOConfig.from_config(c)
+    c = get_config("smoke").ppo
+    c.batch_size, c.rollout_rows_per_pass = 16, 6
+    with pytest.raises(ConfigError, match="rollout_rows_per_pass=6 must divide"):
+        ppo.PPOConfig.from_config(c)
+    c.rollout_rows_per_pass = -1
+    with pytest.raises(ConfigError, match="rollout_rows_per_pass must be an int >= 0"):
+        ppo.PPOConfig.from_config(c)
     assert dataclasses.is_dataclass(ppo.PPOConfig)
+
+
+def test_rollout_in_passes_keeps_ppo_exact():
+    """ppo.rollout_rows_per_pass: the sampler decodes the batch in passes, and the rollout is
+    still exact PPO: the recomputed old log-probs equal the sampler's, the KL starts at 0."""
+    cfg, st, frozen, _, batch, graphs = _setup(rollout_rows_per_pass=4)
+    scfg = ppo.sampling_config(cfg, Tok(), greedy=False)
+    assert scfg.rows_per_pass == 4
+    data, stats, out = ppo.step.rollout(
+        st, frozen, batch, jax.random.key(0), graphs=graphs, cfg=cfg, scfg=scfg
+    )
+    m = np.asarray(out.mask)
+    assert m.sum(1).min() > 0 and np.asarray(out.tokens).shape == (16, 8)
+    np.testing.assert_allclose(
+        np.asarray(data["logp_old"]) * m, np.asarray(out.logprobs) * m, atol=1e-4
+    )
+    assert abs(float(stats["kl"])) < 1e-5
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ def sampling_config(cfg: PPOConfig, tokenizer, *, greedy: bool):
         eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id,
         encoder_repetition_penalty=1.0 if greedy else float(cfg.rollout_copy_bias),
+        rows_per_pass=cfg.rollout_rows_per_pass,
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from girl_jax.data import batches
 from girl_jax.metrics import read_metrics
 from girl_jax.stages import common
-from girl_jax.stages.generator import Generator, score_texts
+from girl_jax.stages.generator import EVAL_BATCH, Generator, score_texts
 from girl_jax.stages.ppo.rewards import is_gold
 from girl_jax.stages.scoring import score_dataset
 
@@ -32,7 +32,7 @@ def make_evaluator(config, cfg, data, graphs, frozen, score_fn, judge_fn=None):
         max_prompt_len=P,
         max_new_tokens=cfg.max_new_tokens,
         greedy=True,
-        batch_size=max(1, min(64, len(eval_seekers))),
+        batch_size=max(1, min(EVAL_BATCH, len(eval_seekers))),
     )
 
     def evaluate(params):

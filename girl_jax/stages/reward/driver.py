@@ -30,7 +30,7 @@ from girl_jax.parallel import mesh as mesh_mod
 from girl_jax.parallel import rules as rules_mod
 from girl_jax.parallel import state as state_mod
 from girl_jax.stages import common, sft
-from girl_jax.stages.generator import Generator
+from girl_jax.stages.generator import EVAL_BATCH, Generator
 from girl_jax.stages.reward import probe as probe_mod
 from girl_jax.stages.reward.config import RewardConfig
 from girl_jax.stages.reward.data import pairwise_arrays, pointwise_arrays
@@ -264,7 +264,7 @@ def _oracle_tracking(
         max_new_tokens=config.sft.max_response_len,
         greedy=False,
         temperature=1.0,
-        batch_size=min(64, len(seekers)),
+        batch_size=min(EVAL_BATCH, len(seekers)),
     )
     texts = gen.generate(list(seekers["cv"]), common.fold_rng(config.seed, "reward-oracle", 0))
     arrs = pointwise_arrays(
