@@ -244,9 +244,10 @@ def get_config(arg=None):
         # > 1: rollouts drawn with a copy bias towards the CV's tokens (exploration; the loss and
         # the greedy evaluation see the unbiased policy, docs/rl.md). 1.0: off.
         rollout_copy_bias=1.0,
-        # the rollout's 128 rows decoded in 4 passes of 32 (one program): 1.3x faster on a CPU,
-        # whose caches then hold a pass's KV cache (docs/benchmarks.md). 0: one pass (accelerators)
-        rollout_rows_per_pass=32,
+        # > 0: the rollout's rows decoded in passes of this many (one program). The sampler alone
+        # runs 1.3x faster in passes of 32 on a CPU, but the default run's fused iteration did
+        # not (7.26-8.09 s against 6.90-7.67 s one pass, docs/benchmarks.md). 0: one pass.
+        rollout_rows_per_pass=0,
         # LoRA actor: train only the adapters, reference = actor with adapters off (one decoder
         # copy, docs/scale.md). None: on when model.lora_rank > 0; False: train every Param.
         shared_base=None,
