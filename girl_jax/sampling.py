@@ -80,8 +80,9 @@ class SamplingConfig:
     no_repeat_ngram_size: int = 0  # > 0: never complete an n-gram already generated
     encoder_repetition_penalty: float = 1.0  # > 1: favour the prompt's tokens (copy bias)
     # > 0: decode a bigger batch in passes of this many rows, one after another in one program
-    # (`sample`): on a CPU a 32-row pass keeps its KV cache in the processor's caches and
-    # decodes faster per row than 128 rows at once (docs/benchmarks.md). 0: one pass.
+    # (`sample`): on a CPU a 32-row pass keeps its KV cache in the processor's caches, and the
+    # sampler alone decodes 128 rows 1.3x faster in 4 passes (not so inside the fused PPO
+    # iteration, nor at bench-small's batch 32; docs/benchmarks.md). 0: one pass.
     rows_per_pass: int = 0
 
     @property

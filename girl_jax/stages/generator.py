@@ -17,7 +17,7 @@ from girl_jax.data import market as market_mod
 # Rows per sampler call in the stages' evaluations (and `generate.batch_size` in
 # configs/default.py). On a CPU a smaller batch decodes faster per row: its KV cache stays in
 # the processor's caches (batch 32 against 128: 1.5x the rows per second for the default model
-# on the 2-core VM, docs/benchmarks.md "Generation batch size"), and `host_threads` keeps two
+# on the 2-core VM, docs/benchmarks.md "Decoding in 32-row passes"), and `host_threads` keeps two
 # batches in flight, one per core. An accelerator wants larger batches: set them per config.
 EVAL_BATCH = 32
 
