@@ -195,3 +195,9 @@ class PPOConfig:
         values = {k: c[k] for k in names if k in c}
         values.update(ALGORITHMS.get(values.get("algorithm", "ppo"), {}))
         return cls(**values)
+
+
+def hparams(cfg: PPOConfig, hyper: dict) -> dict:
+    """What the registered RL functions read (`registry.hparam`): the static config's fields with
+    the traced values of `hyper` in place of their constants."""
+    return {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **hyper}
