@@ -23,6 +23,8 @@ from girl_jax.stages.ppo.state import Graphs, PPOState
 def ppo_loss(
     actor_params, critic_params, mb, kl_coef, hyper, *, graphs: Graphs, cfg: PPOConfig, P: int
 ):
+    """`ppo_objective` after the forward: the actor's response logits and the critic's values
+    on the minibatch `mb` (prompt width `P`)."""
     logits, v = policy_outputs(
         actor_params, critic_params, mb["ids"], mb["mask"], P, graphs=graphs, cfg=cfg
     )
