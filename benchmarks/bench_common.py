@@ -246,6 +246,13 @@ def figure(
     return out
 
 
+def single_device_main(run, doc: str, argv=None) -> None:
+    """A benchmark's `main` on one device: the common flags, `run(args)`, its JSON emitted."""
+    args = base_parser(doc.splitlines()[0]).parse_args(argv)
+    single_device_env(args.device)
+    emit(run(args), args.out)
+
+
 def emit(result: dict[str, Any], out: str) -> None:
     text = json.dumps(result, indent=2, sort_keys=True)
     if out:

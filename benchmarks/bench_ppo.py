@@ -382,9 +382,7 @@ def time_breakdown(o, state, repeats: int, sampling) -> dict:
 
 
 def main(argv=None):
-    args = bc.base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    bc.single_device_env(args.device)
-    bc.emit(run(args), args.out)
+    bc.single_device_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

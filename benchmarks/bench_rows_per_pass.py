@@ -116,9 +116,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    args = bc.base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    bc.single_device_env(args.device)
-    bc.emit(run(args), args.out)
+    bc.single_device_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":
